@@ -1,0 +1,1 @@
+"""Neural-network layers: rotary positions (RoPE and its extrapolation variants), attention, transformers."""
