@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "TOY_2D",
+    "blobs",
     "byte_tokens",
     "digits",
     "eight_gaussian_centres",
@@ -107,9 +108,7 @@ def stdlib_files() -> list[Path]:
     return files
 
 
-def stdlib_documents(
-    max_bytes: int | None = None, seed: int = 0, shuffle: bool = True
-) -> Iterator[str]:
+def stdlib_documents(max_bytes: int | None = None, seed: int = 0, shuffle: bool = True) -> Iterator[str]:
     """Yield standard-library source files as text documents (seeded order), up to ``max_bytes``."""
     if max_bytes is not None:
         _check_positive_int("max_bytes", max_bytes)
@@ -213,3 +212,22 @@ def toy_2d(name: str, n: int, seed: int | torch.Generator = 0) -> torch.Tensor:
     if name not in TOY_2D:
         raise ValueError(f"unknown toy distribution {name!r}; choose one of {sorted(TOY_2D)}")
     return TOY_2D[name](n, seed)
+
+
+def blobs(n: int, seed: int | torch.Generator = 0, size: int = 8, flatten: bool = False) -> torch.Tensor:
+    """``n`` images, each the sum of two Gaussian bumps (a seeded stand-in for natural images with 8
+    continuous factors): centres uniform in ``[0, size-1]^2``, widths uniform in ``[0.8, 2.0]``, amplitudes
+    uniform in ``[0.3, 1.0]``. Returns ``float32`` of shape ``(n, 1, size, size)`` (``(n, size*size)`` with
+    ``flatten=True``). Used by the quantiser experiments (fsq / vq-rotation-trick / simvq specs)."""
+    _check_positive_int("n", n)
+    _check_positive_int("size", size)
+    g = _generator(seed)
+    centre = torch.rand(n, 2, 2, generator=g) * (size - 1)
+    width = 0.8 + 1.2 * torch.rand(n, 2, generator=g)
+    amp = 0.3 + 0.7 * torch.rand(n, 2, generator=g)
+    grid = torch.arange(size, dtype=torch.float32)
+    dy = (grid[None, None, :] - centre[:, :, 0, None]) ** 2  # (n, bump, size)
+    dx = (grid[None, None, :] - centre[:, :, 1, None]) ** 2
+    d2 = dy[:, :, :, None] + dx[:, :, None, :]
+    img = (amp[:, :, None, None] * torch.exp(-d2 / (2 * width[:, :, None, None] ** 2))).sum(dim=1)
+    return img.reshape(n, size * size) if flatten else img.unsqueeze(1)

@@ -60,7 +60,7 @@ class Check:
     detail: str = ""
 
     def describe(self) -> str:
-        nums = ", ".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
+        nums = ", ".join(f"{k}={format_number(v)}" for k, v in self.values.items())
         parts = [p for p in (self.detail, nums) if p]
         return "; ".join(parts)
 
@@ -137,7 +137,7 @@ def _floats(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _fmt(v: float) -> str:
+def format_number(v: float) -> str:
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return str(v)
     if v == int(v) and abs(v) < 1e12:
