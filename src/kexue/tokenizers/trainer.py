@@ -1,0 +1,435 @@
+"""BytePiece trainer: byte n-gram LM segmentation + pruning, as a streaming map-reduce.
+
+From "BytePiece：更纯粹、更高压缩率的Tokenizer" (2023-09-07, kexue.fm/archives/9752); the segmentation is
+that of "【中文分词系列】 5. 基于语言模型的无监督分词" (2016-09-12, kexue.fm/archives/3956).
+
+1. pass 1, map :func:`count_ngrams_shard` / reduce :func:`merge_ngram_counts`: exact counts ``c(g)`` of
+   every byte n-gram ``|g| <= order`` inside the training chunks (:mod:`kexue.tokenizers.text`);
+2. :func:`kexue.tokenizers.ngrams.build_lm`: prune (``c(g) >= min_count``) and condition,
+   ``L(g) = log c(g) - log c(g[:-1])``;
+3. pass 2, map :func:`count_pieces_shard` / reduce :func:`merge_piece_counts`: segment every chunk by the
+   Viterbi path of the n-gram LM restarted at each piece (states ``j = 0..order-1``, emission
+   ``L(x[i-j..i])``, no piece starting on a UTF-8 continuation byte with ``ensure_unicode``) and count pieces;
+4. :func:`kexue.tokenizers.pruning.prune_pieces`: prune to ``max_vocab_size``.
+
+Backends: ``"local"`` runs the map functions in ``workers`` processes (forked on Linux), ``"ray"`` runs the same
+functions as Ray tasks (``pip install ray``). At most ``2 * workers`` shards are in flight and shard results
+are reduced as they arrive, so memory is bounded by the merged n-gram table (about 32 bytes per distinct
+n-gram in the driver's hash table, plus the shard tables in flight) plus ``2 * workers`` shards of text;
+the corpus itself is streamed twice and never held. Results are exact integers: they do not depend on
+``workers``, ``shard_chars`` or the backend.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Any
+
+from kexue.tokenizers._backend import core_name, resolve_core
+from kexue.tokenizers.corpus import check_reiterable, shards
+from kexue.tokenizers.ngrams import (
+    MAX_ORDER,
+    NgramCounts,
+    NgramLM,
+    build_lm,
+    expand_windows,
+    merge_ngram_counts,
+)
+from kexue.tokenizers.pruning import prune_pieces
+from kexue.tokenizers.text import training_chunks
+from kexue.tokenizers.tokenizer import Tokenizer
+
+__all__ = [
+    "Trainer",
+    "count_ngrams_shard",
+    "count_pieces_shard",
+    "merge_ngram_counts",
+    "merge_piece_counts",
+]
+
+BACKENDS = ("local", "ray")
+
+# --- map and reduce functions (module level: picklable for processes and Ray) ----------------
+
+
+def count_ngrams_shard(texts: list[str], order: int, isolate_digits: bool, core: str = "auto") -> NgramCounts:
+    """Map step of pass 1: exact counts of the ``order``-byte windows of one shard of texts.
+
+    Every n-gram count is a prefix sum of these (:func:`kexue.tokenizers.ngrams.expand_windows`).
+    """
+    mod = resolve_core(core)
+    table = mod.NgramTable(capacity=max(1024, sum(len(t) for t in texts) // 4))
+    for text in texts:
+        table.add_chunks(training_chunks(text, isolate_digits), order)
+    return NgramCounts.from_table(table)
+
+
+_LM_CACHE: dict[tuple[str, bool, str], Any] = {}  # per-process cache of the core built from one LM
+_INSTALLED: dict[str, NgramLM] = {}  # LMs sent once to each local worker by the pool initializer
+
+
+def _install_lm(lm: NgramLM) -> None:
+    _INSTALLED.clear()
+    _INSTALLED[lm.token] = lm
+
+
+def _bnlm(lm: NgramLM | str, ensure_unicode: bool, core: str) -> Any:
+    if isinstance(lm, str):
+        lm = _INSTALLED[lm]
+    key = (lm.token, bool(ensure_unicode), core)
+    if key not in _LM_CACHE:
+        _LM_CACHE.clear()
+        _LM_CACHE[key] = resolve_core(core).BNLMCore(lm.keys, lm.L, lm.order, ensure_unicode)
+    return _LM_CACHE[key]
+
+
+def count_pieces_shard(
+    texts: list[str], lm: NgramLM | str, isolate_digits: bool, ensure_unicode: bool, core: str = "auto"
+) -> dict[bytes, int]:
+    """Map step of pass 2: piece counts of the n-gram LM segmentation of one shard."""
+    seg = _bnlm(lm, ensure_unicode, core)
+    counter: dict[bytes, int] = {}
+    for text in texts:
+        seg.count_pieces(training_chunks(text, isolate_digits), counter)
+    return counter
+
+
+def merge_piece_counts(a: dict[bytes, int], b: dict[bytes, int]) -> dict[bytes, int]:
+    """Reduce step of pass 2: the sum of two piece counters (updates and returns the larger one)."""
+    if len(a) < len(b):
+        a, b = b, a
+    for k, v in b.items():
+        a[k] = a.get(k, 0) + v
+    return a
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn()]
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _corpus_size(corpus: Iterable) -> int | None:
+    total = getattr(corpus, "total_bytes", None)
+    if isinstance(total, int):
+        return total
+    if isinstance(corpus, (list, tuple)) and len(corpus) < 10_000_000:
+        try:
+            return sum(len(t.encode("utf-8")) if isinstance(t, str) else len(t) for t in corpus)
+        except (TypeError, AttributeError):
+            return None
+    return None
+
+
+# --- executors -------------------------------------------------------------------------------
+
+
+class _Serial:
+    def submit(self, fn: Callable, *args: Any) -> list[Any]:
+        return [fn(*args)]
+
+    def drain(self) -> Iterator[Any]:
+        return iter(())
+
+
+class _Pool:
+    """Process pool with at most ``2 * workers`` tasks in flight."""
+
+    def __init__(self, workers: int, lm: NgramLM | None) -> None:
+        import multiprocessing
+
+        # fork where the platform has it (no re-import of __main__, so scripts need no main guard)
+        method = (
+            "fork"
+            if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+            else "spawn"
+        )
+        ctx = multiprocessing.get_context(method)
+        init, args = (_install_lm, (lm,)) if lm is not None else (None, ())
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init, initargs=args)
+        self.limit = 2 * workers
+        self.pending: set[Future] = set()
+
+    def submit(self, fn: Callable, *args: Any) -> list[Any]:
+        done_results = []
+        while len(self.pending) >= self.limit:
+            done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
+            done_results.extend(f.result() for f in done)
+        self.pending.add(self.pool.submit(fn, *args))
+        return done_results
+
+    def drain(self) -> Iterator[Any]:
+        while self.pending:
+            done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield f.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Ray:
+    """The same map functions as Ray tasks, at most ``2 * workers`` in flight."""
+
+    def __init__(self, workers: int) -> None:
+        import ray
+
+        self.ray = ray
+        self.limit = 2 * workers
+        self.pending: list[Any] = []
+        self.remotes: dict[Callable, Any] = {}
+
+    def put(self, obj: Any) -> Any:
+        return self.ray.put(obj)
+
+    def submit(self, fn: Callable, *args: Any) -> list[Any]:
+        if fn not in self.remotes:
+            self.remotes[fn] = self.ray.remote(fn)
+        out = []
+        while len(self.pending) >= self.limit:
+            done, self.pending = self.ray.wait(self.pending, num_returns=1)
+            out.extend(self.ray.get(done))
+        self.pending.append(self.remotes[fn].remote(*args))
+        return out
+
+    def drain(self) -> Iterator[Any]:
+        while self.pending:
+            done, self.pending = self.ray.wait(self.pending, num_returns=1)
+            yield from self.ray.get(done)
+
+    def close(self) -> None:
+        for ref in self.pending:
+            self.ray.cancel(ref)
+        self.pending = []
+
+
+def _ray_start(workers: int) -> bool:
+    """Start a local Ray instance unless one is running; return whether we started it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("backend='ray' needs Ray: pip install 'ray>=2'") from exc
+    if ray.is_initialized():
+        return False
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+
+def _int(name: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {rng}, got {value}")
+    return value
+
+
+class Trainer:
+    """BytePiece trainer (options as in ``bytepiece.Trainer``).
+
+    ``max_vocab_size`` counts the 3 special tokens and may be a list (one model per size, trained
+    together); the final size can be below the target. ``order <= 7`` (n-grams are packed in 64 bits).
+    ``core`` selects the compiled core or the pure-Python reference (identical results).
+    """
+
+    def __init__(
+        self,
+        order: int = 6,
+        max_vocab_size: int | list[int] = 10000,
+        max_piece_length: int = 36,
+        min_count: int = 2,
+        isolate_digits: bool = False,
+        ensure_unicode: bool = True,
+        core: str = "auto",
+    ) -> None:
+        self.order = _int("order", order, 1, MAX_ORDER)
+        sizes = max_vocab_size if isinstance(max_vocab_size, (list, tuple)) else [max_vocab_size]
+        if not sizes:
+            raise ValueError("max_vocab_size must not be an empty list")
+        for s in sizes:
+            _int("max_vocab_size", s, 259)
+        self.max_vocab_sizes = sorted(sizes, reverse=True)
+        self._single = not isinstance(max_vocab_size, (list, tuple))
+        self.max_piece_length = _int("max_piece_length", max_piece_length, 1)
+        self.min_count = _int("min_count", min_count, 1)
+        for name, v in (("isolate_digits", isolate_digits), ("ensure_unicode", ensure_unicode)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+        self.isolate_digits = isolate_digits
+        self.ensure_unicode = ensure_unicode
+        self.core = core_name(resolve_core(core))
+        self.lm: NgramLM | None = None
+        self.piece_counts: dict[bytes, int] | None = None
+        self.vocabularies: list[dict[bytes, int]] = []
+        self.stats: dict[str, float] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "order": self.order,
+            "max_vocab_size": self.max_vocab_sizes[0] if self._single else list(self.max_vocab_sizes),
+            "max_piece_length": self.max_piece_length,
+            "min_count": self.min_count,
+            "isolate_digits": self.isolate_digits,
+            "ensure_unicode": self.ensure_unicode,
+        }
+
+    def train(
+        self,
+        corpus: Iterable[str | bytes],
+        *,
+        workers: int = 1,
+        backend: str = "local",
+        shard_chars: int = 1 << 20,
+        progress: bool | None = None,
+    ) -> Tokenizer | list[Tokenizer]:
+        """Train on a re-iterable corpus of ``str``/``bytes`` (UTF-8) items; see the module docstring.
+
+        Returns one :class:`Tokenizer`, or one per size when ``max_vocab_size`` was a list (largest first).
+        ``progress=None`` shows a progress bar only when stderr is a terminal. With ``backend="ray"`` a
+        running Ray instance is used (``ray.init(address=...)`` first to use a cluster); otherwise a local
+        one with ``workers`` CPUs is started for the call and shut down after it.
+        """
+        check_reiterable(corpus)
+        workers = _int("workers", workers, 1)
+        shard_chars = _int("shard_chars", shard_chars, 1)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if progress is None:
+            progress = sys.stderr.isatty()
+        total = _corpus_size(corpus) if progress else None
+        own_ray = backend == "ray" and _ray_start(workers)
+        try:
+            return self._train(corpus, workers, backend, shard_chars, progress, total)
+        finally:
+            if own_ray:
+                import ray
+
+                ray.shutdown()
+
+    def _train(
+        self,
+        corpus: Iterable,
+        workers: int,
+        backend: str,
+        shard_chars: int,
+        progress: bool,
+        total: int | None,
+    ) -> Tokenizer | list[Tokenizer]:
+        t0 = time.perf_counter()
+        counts = self._pass(
+            corpus,
+            count_ngrams_shard,
+            (self.order, self.isolate_digits, self.core),
+            workers,
+            backend,
+            shard_chars,
+            progress,
+            "count n-grams",
+            total,
+        )
+        if len(counts) == 0:
+            raise ValueError("the corpus is empty: no text to train on")
+        self.stats["windows_counted"] = len(counts)
+        counts = expand_windows(counts, resolve_core(self.core))
+        self.stats["ngrams_counted"] = len(counts)
+        self.stats["ngram_table_bytes"] = counts.nbytes
+        lm = build_lm(counts, self.order, self.min_count)
+        del counts
+        self.lm = lm
+        self.stats["ngrams_kept"] = len(lm)
+        t1 = time.perf_counter()
+        pieces = self._pass(
+            corpus,
+            count_pieces_shard,
+            (lm, self.isolate_digits, self.ensure_unicode, self.core),
+            workers,
+            backend,
+            shard_chars,
+            progress,
+            "count pieces",
+            total,
+        )
+        self.piece_counts = pieces
+        self.stats["pieces_counted"] = len(pieces)
+        t2 = time.perf_counter()
+        self.vocabularies = prune_pieces(
+            pieces,
+            self.max_vocab_sizes,
+            self.min_count,
+            self.max_piece_length,
+            resolve_core(self.core),
+            threads=workers,
+        )
+        t3 = time.perf_counter()
+        self.stats.update(seconds_ngrams=t1 - t0, seconds_pieces=t2 - t1, seconds_prune=t3 - t2)
+        tokenizers = [Tokenizer(v, core=self.core) for v in self.vocabularies]
+        for tok in tokenizers:
+            tok.trainer_options = self.options()
+        return tokenizers[0] if self._single else tokenizers
+
+    def _pass(
+        self,
+        corpus: Iterable,
+        fn: Callable,
+        args: tuple,
+        workers: int,
+        backend: str,
+        shard_chars: int,
+        progress: bool,
+        description: str,
+        total: int | None,
+    ) -> Any:
+        is_ngrams = fn is count_ngrams_shard
+        mod = resolve_core(self.core)
+        table = mod.NgramTable() if is_ngrams else None
+        pieces: dict[bytes, int] = {}
+
+        def reduce(result: Any) -> None:
+            nonlocal pieces
+            if is_ngrams:
+                table.add_counts(result.keys, result.counts)
+            else:
+                pieces = merge_piece_counts(pieces, result)
+
+        if backend == "ray":
+            ex: Any = _Ray(workers)
+            if not is_ngrams:
+                args = (ex.put(args[0]),) + args[1:]
+        elif workers > 1:
+            lm = args[0] if not is_ngrams else None
+            ex = _Pool(workers, lm)
+            if lm is not None:
+                args = (lm.token,) + args[1:]
+        else:
+            ex = _Serial()
+        try:
+            with _progress(progress, description, total) as advance:
+                for shard in shards(corpus, shard_chars):
+                    for r in ex.submit(fn, shard, *args):
+                        reduce(r)
+                    advance(sum(len(t.encode("utf-8")) for t in shard) if progress else 0)
+                for r in ex.drain():
+                    reduce(r)
+        finally:
+            if not isinstance(ex, _Serial):
+                ex.close()
+        if is_ngrams:
+            return NgramCounts.from_table(table)
+        return pieces

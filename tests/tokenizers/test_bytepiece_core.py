@@ -1,0 +1,200 @@
+"""The compiled BytePiece core against the pure-Python reference and against brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kexue.tokenizers import reference as ref
+from kexue.tokenizers.ngrams import NgramCounts, build_lm, expand_windows
+from kexue.tokenizers.sampling import segmentations
+
+core = pytest.importorskip("kexue.tokenizers._core", reason="compiled core not built")
+
+ALL_BYTES = [bytes([i]) for i in range(256)]
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def vocab_strategy(alphabet: bytes = b"ab\n\xe4\xb8\x80", max_len: int = 5):
+    piece = st.binary(min_size=2, max_size=max_len).map(
+        lambda b: bytes(alphabet[x % len(alphabet)] for x in b)
+    )
+    return st.lists(st.tuples(piece, st.integers(1, 6)), max_size=12, unique_by=lambda t: t[0])
+
+
+def make_vocab(extra: list[tuple[bytes, int]], seed: int = 0) -> tuple[list[bytes], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    counts = {p: int(c) for p, c in zip(ALL_BYTES, rng.integers(1, 4, 256))}
+    for p, c in extra:
+        counts[p] = c
+    pieces = sorted(counts, key=lambda p: (len(p), p))
+    cnt = np.array([counts[p] for p in pieces], dtype=np.float64)
+    logp = np.ascontiguousarray(np.log(cnt) - np.log(cnt.sum()))
+    return pieces, logp
+
+
+texts = st.binary(max_size=40).map(lambda b: bytes(b"ab\n\xe4\xb8\x80\x00\xff"[x % 8] for x in b))
+
+
+@FAST
+@given(keys=st.sets(st.binary(min_size=1, max_size=6), max_size=40), probes=st.lists(st.binary(max_size=6)))
+def test_double_array_finds_exactly_its_keys(keys, probes):
+    keys = sorted(keys)
+    buf = b"".join(keys)
+    offsets = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int64)
+    trie = core.DoubleArray().build(buf, offsets, np.arange(len(keys), dtype=np.int32))
+    for i, k in enumerate(keys):
+        assert trie.lookup(k) == i
+    for p in probes:
+        assert trie.lookup(p) == (keys.index(p) if p in keys else -1)
+
+
+def test_double_array_rejects_unsorted_input():
+    with pytest.raises(ValueError, match="sorted"):
+        core.DoubleArray().build(b"ba", np.array([0, 1, 2], np.int64), np.arange(2, dtype=np.int32))
+
+
+def test_rng_streams_match_reference():
+    for seed, stream in [(0, 0), (1, 0), (0, 1), (2**64 - 1, 12345)]:
+        assert core.uniforms(seed, stream, 50) == ref.uniforms(seed, stream, 50)
+    u = np.array(core.uniforms(7, 0, 20000))
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01
+
+
+@FAST
+@given(extra=vocab_strategy(), data=texts, seed=st.integers(0, 2**64 - 1), alpha=st.floats(0, 3))
+def test_unigram_core_matches_reference(extra, data, seed, alpha):
+    pieces, logp = make_vocab(extra)
+    c, r = core.UnigramCore(pieces, logp), ref.UnigramCore(pieces, logp)
+    for chunked in (True, False):
+        assert c.encode(data, chunked) == r.encode(data, chunked)
+        assert c.encode(data, chunked, True, alpha, seed, 3) == r.encode(data, chunked, True, alpha, seed, 3)
+        assert c.tokenize(data, chunked, True, alpha, seed) == r.tokenize(data, chunked, True, alpha, seed)
+    assert b"".join(c.tokenize(data, True, True, alpha, seed)) == data
+    assert c.encode_many([data, data[:5]], True, True, alpha, seed, 4) == [
+        r.encode(data, True, True, alpha, seed, 4),
+        r.encode(data[:5], True, True, alpha, seed, 5),
+    ]
+    assert math.isclose(
+        c.log_partition(data, alpha), r.log_partition(data, alpha), rel_tol=1e-12, abs_tol=1e-12
+    )
+    out_c, out_r = np.zeros(len(pieces), np.int64), np.zeros(len(pieces), np.int64)
+    words = [data, data[::-1], b"ab" * 3]
+    c.split_counts(words, np.array([1, 2, 3], np.int64), out_c)
+    r.split_counts(words, np.array([1, 2, 3], np.int64), out_r)
+    assert (out_c == out_r).all()
+
+
+@FAST
+@given(extra=vocab_strategy(alphabet=b"ab", max_len=4), data=st.binary(min_size=1, max_size=9))
+def test_viterbi_equals_brute_force_argmax(extra, data):
+    data = bytes(b"ab"[x % 2] for x in data)
+    pieces, logp = make_vocab(extra)
+    lp = dict(zip(pieces, logp.tolist()))
+    ids = core.UnigramCore(pieces, logp).encode(data, False)
+    best = max(math.fsum(lp[p] for p in s) for s in segmentations(data, lp))
+    got = math.fsum(lp[pieces[i]] for i in ids)
+    assert math.isclose(got, best, rel_tol=1e-12, abs_tol=1e-12)
+    assert b"".join(pieces[i] for i in ids) == data
+
+
+def test_viterbi_ties_prefer_the_longest_last_piece():
+    # ab|c and a|bc and abc all score the same: BytePiece keeps the first (longest) candidate at each end
+    counts = {p: 1 for p in ALL_BYTES}
+    pieces = sorted(counts, key=lambda p: (len(p), p)) + [b"ab", b"bc"]
+    logp = np.full(len(pieces), -2.0)
+    logp[pieces.index(b"a")] = logp[pieces.index(b"b")] = logp[pieces.index(b"c")] = -1.0
+    c = core.UnigramCore(pieces, np.ascontiguousarray(logp))
+    assert c.tokenize(b"abc", False) == [b"a", b"bc"]
+    assert ref.UnigramCore(pieces, logp).tokenize(b"abc", False) == [b"a", b"bc"]
+
+
+def test_unigram_core_needs_every_byte():
+    pieces = ALL_BYTES[:-1] + [b"ab"]
+    with pytest.raises(ValueError, match="every single byte"):
+        core.UnigramCore(pieces, np.zeros(len(pieces)))
+    with pytest.raises(ValueError, match="every single byte"):
+        ref.UnigramCore(pieces, np.zeros(len(pieces)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), seed=st.integers(0, 2**64 - 1))
+def test_fuzz_arbitrary_bytes_are_lossless(data, seed):
+    pieces, logp = make_vocab([(b"\x00\x00", 5), (b"\xff\xfe", 3), (b"\n\n", 2), (b"a\n", 4)])
+    c = core.UnigramCore(pieces, logp)
+    for sample in (False, True):
+        got = c.tokenize(data, True, sample, 0.3, seed)
+        assert b"".join(got) == data
+        assert all(p in set(pieces) for p in got)
+
+
+def chunks_strategy():
+    chunk = st.binary(min_size=1, max_size=25).map(lambda b: bytes(b"abc\xe4\xb8\x80\x00"[x % 7] for x in b))
+    return st.lists(chunk, min_size=1, max_size=6)
+
+
+@FAST
+@given(chunks=chunks_strategy(), order=st.integers(1, 7))
+def test_window_counts_expand_to_direct_ngram_counts(chunks, order):
+    tables = []
+    for mod in (core, ref):
+        t = mod.NgramTable()
+        t.add_chunks(chunks, order)
+        tables.append(NgramCounts.from_table(t))
+    assert (tables[0].keys == tables[1].keys).all() and (tables[0].counts == tables[1].counts).all()
+    full_c, full_r = expand_windows(tables[0], core), expand_windows(tables[0], ref)
+    assert (full_c.keys == full_r.keys).all() and (full_c.counts == full_r.counts).all()
+    direct = ref.count_all_ngrams(chunks, order)
+    assert {ref.unpack_gram(int(k)): int(v) for k, v in zip(full_c.keys, full_c.counts)} == direct
+
+
+@FAST
+@given(chunks=chunks_strategy(), order=st.integers(1, 7), min_count=st.integers(1, 3), eu=st.booleans())
+def test_bnlm_segmentation_matches_reference(chunks, order, min_count, eu):
+    t = core.NgramTable()
+    t.add_chunks(chunks, order)
+    lm = build_lm(expand_windows(NgramCounts.from_table(t), core), order, min_count)
+    c = core.BNLMCore(lm.keys, lm.L, order, eu)
+    r = ref.BNLMCore(lm.keys, lm.L, order, eu)
+    for ch in chunks + [b"\x80abc", b"\xe4\xb8"]:
+        seg = c.segment(ch)
+        assert seg == r.segment(ch)
+        assert b"".join(seg) == ch
+    assert c.count_pieces(chunks) == r.count_pieces(chunks)
+
+
+def test_bnlm_keeps_segmenting_after_a_rare_character():
+    # bytepiece 0.6.3 collapses the rest of a chunk into single bytes after a character whose n-grams were
+    # pruned (ensure_unicode trap); here the rare character becomes one piece and the rest is unaffected.
+    common = "的确是这样的确是这样".encode()
+    rare = "龘".encode()
+    chunks = [common] * 5 + [rare + common]
+    t = core.NgramTable()
+    t.add_chunks(chunks, 6)
+    lm = build_lm(expand_windows(NgramCounts.from_table(t), core), 6, 2)
+    seg = core.BNLMCore(lm.keys, lm.L, 6, True).segment(rare + common)
+    assert seg[0] == rare
+    assert seg[1:] == core.BNLMCore(lm.keys, lm.L, 6, True).segment(common)
+    assert all(len(p) >= 3 for p in seg)  # whole characters, never stray bytes
+    assert seg == ref.BNLMCore(lm.keys, lm.L, 6, True).segment(rare + common)
+
+
+def test_bad_core_arguments():
+    with pytest.raises(ValueError, match="order"):
+        core.NgramTable().add_chunks([b"abc"], 8)
+    with pytest.raises(TypeError, match="chunk 0 must be bytes"):
+        core.NgramTable().add_chunks(["abc"], 3)
+    with pytest.raises(ValueError, match="sorted"):
+        core.expand_windows(
+            np.array([5, 3], np.uint64),
+            np.array([1, 1], np.int64),
+            np.zeros(20, np.uint64),
+            np.zeros(20, np.int64),
+        )
+    keys = (np.arange(255, dtype=np.uint64) << np.uint64(56)) | np.uint64(1)
+    with pytest.raises(ValueError, match="every single byte"):
+        core.BNLMCore(keys, np.zeros(255), 3, True)
