@@ -363,26 +363,35 @@ class Retry:
                 f"gave up after {self.attempt} attempt(s)", self.exception, self.result
             ) from self.exception
 
+    def _advance(self) -> float | None:
+        """After an attempt: ``None`` when the loop ends, else the seconds to sleep before the next one."""
+        outcome = self._outcome
+        if outcome == _SUCCESS:
+            return None
+        if outcome == _PENDING:
+            raise RuntimeError("each attempt must run its block inside `with attempt:`")
+        if self._final or self._is_last():
+            self.elapsed = self._clock() - self._start
+            self._finish_failure()
+            return None
+        delay = self._next_wait()
+        if self.before_sleep is not None:
+            self.before_sleep(self, delay)
+        return delay
+
+    def _begin_attempt(self) -> None:
+        self.attempt += 1
+        self._outcome = _PENDING
+
     def __iter__(self) -> Iterator[Retry]:
         self._reset()
-        clock = self._clock
-        self._start = clock()
+        self._start = self._clock()
         while True:
-            self.attempt += 1
-            self._outcome = _PENDING
+            self._begin_attempt()
             yield self
-            outcome = self._outcome
-            if outcome == _SUCCESS:
+            delay = self._advance()
+            if delay is None:
                 return
-            if outcome == _PENDING:
-                raise RuntimeError("each attempt must run its block inside `with attempt:`")
-            if self._final or self._is_last():
-                self.elapsed = clock() - self._start
-                self._finish_failure()
-                return
-            delay = self._next_wait()
-            if self.before_sleep is not None:
-                self.before_sleep(self, delay)
             self._sleep(delay)
             self.slept += delay
             self.waits.append(delay)
@@ -442,24 +451,13 @@ class AsyncRetry(Retry):
 
     async def __aiter__(self) -> AsyncIterator[AsyncRetry]:
         self._reset()
-        clock = self._clock
-        self._start = clock()
+        self._start = self._clock()
         while True:
-            self.attempt += 1
-            self._outcome = _PENDING
+            self._begin_attempt()
             yield self
-            outcome = self._outcome
-            if outcome == _SUCCESS:
+            delay = self._advance()
+            if delay is None:
                 return
-            if outcome == _PENDING:
-                raise RuntimeError("each attempt must run its block inside `with attempt:`")
-            if self._final or self._is_last():
-                self.elapsed = clock() - self._start
-                self._finish_failure()
-                return
-            delay = self._next_wait()
-            if self.before_sleep is not None:
-                self.before_sleep(self, delay)
             slept = self._sleep(delay)
             if inspect.isawaitable(slept):
                 await slept
