@@ -34,6 +34,7 @@ Post: "缓存与效果的极限拉扯：从MHA、MQA、GQA到MLA" (KV-cache vers
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -248,13 +249,14 @@ class _TimeBuffer:
         return self.data[..., : self.length, :]
 
 
-class _Cache:
+class _Cache(abc.ABC):
     """Common bookkeeping of the caches (dtype, device, length, size)."""
 
     batch_size: int
 
+    @abc.abstractmethod
     def _buffers(self) -> list[_TimeBuffer]:
-        raise NotImplementedError
+        """The time-indexed buffers this cache holds."""
 
     @property
     def length(self) -> int:

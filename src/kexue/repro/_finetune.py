@@ -119,3 +119,26 @@ def train_classifier(
             opt.step()
         if on_epoch is not None:
             on_epoch(e + 1)
+
+
+def plot_epoch_curves(
+    hists: dict[str, list[dict[str, list[float]]]],
+    variants: Sequence[str],
+    panels: Sequence[tuple[str, str]],
+    epochs: int,
+    suptitle: str,
+):
+    """One panel per ``(history key, title)``: the first seed's per-epoch curve of every variant."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for name in variants:
+        h = hists[name][0]
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(range(1, epochs + 1), h[key], label=name)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(suptitle)
+    return fig

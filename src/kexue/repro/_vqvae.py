@@ -312,3 +312,16 @@ SUMMARY_COLUMNS = [
     "held-out MSE",
     "rel. quant. error",
 ]
+
+
+def record_runs(metrics: dict[str, float], tag: str, runs: dict[str, RunResult]) -> str:
+    """Store utilisation, perplexity and held-out MSE of each named run as ``<name>_<stat>_<suffix>``.
+
+    ``suffix`` is derived from ``tag`` (``" (64 codes)"`` -> ``"64codes"``; empty -> ``"main"``) and returned.
+    """
+    suffix = tag.strip().replace("(", "").replace(")", "").replace(" ", "") or "main"
+    for name, r in runs.items():
+        metrics[f"{name}_utilisation_{suffix}"] = r.usage.utilisation
+        metrics[f"{name}_perplexity_{suffix}"] = r.usage.perplexity
+        metrics[f"{name}_mse_{suffix}"] = r.mse
+    return suffix

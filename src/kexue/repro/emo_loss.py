@@ -24,12 +24,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kexue.losses import emo_distance, emo_loss  # noqa: E402
-from kexue.repro._finetune import flip_labels, mlp, predict_proba, train_classifier  # noqa: E402
+from kexue.repro._finetune import flip_labels, mlp, plot_epoch_curves, predict_proba, train_classifier  # noqa: E402
 from kexue.repro.base import Claim, Result, Table, check_mode, save_figure, track  # noqa: E402
 
 CLAIM = Claim(
@@ -161,19 +160,13 @@ def run(mode: str, seed: int, out: Path) -> Result:
         mle=final("MLE", "group_acc"),
     )
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for v in variants:
-        h = hists[v][0]
-        ep = range(1, epochs + 1)
-        axes[0].plot(ep, h["cost"], label=v)
-        axes[1].plot(ep, h["group_acc"], label=v)
-        axes[2].plot(ep, h["acc"], label=v)
-    for ax, title in zip(
-        axes, ("expected transport cost (test)", "group accuracy (test)", "top-1 accuracy (test)")
-    ):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"synonym task, 30% cross-group label noise (seed {seeds[0]})")
+    fig = plot_epoch_curves(
+        hists,
+        variants,
+        [("cost", "expected transport cost (test)"), ("group_acc", "group accuracy (test)"),
+         ("acc", "top-1 accuracy (test)")],
+        epochs,
+        f"synonym task, 30% cross-group label noise (seed {seeds[0]})",
+    )  # fmt: skip
     save_figure(fig, out, "emo_synonyms.png", result)
     return result

@@ -98,13 +98,7 @@ def _compare(
     result: Result, vq: h.RunResult, fsq: h.RunResult, util_min: float, ppl_ratio: float = 20.0, tag: str = ""
 ) -> None:
     m = result.metrics
-    suffix = tag.strip().replace("(", "").replace(")", "").replace(" ", "") or "main"
-    m[f"fsq_utilisation_{suffix}"] = fsq.usage.utilisation
-    m[f"vq_utilisation_{suffix}"] = vq.usage.utilisation
-    m[f"fsq_perplexity_{suffix}"] = fsq.usage.perplexity
-    m[f"vq_perplexity_{suffix}"] = vq.usage.perplexity
-    m[f"fsq_mse_{suffix}"] = fsq.mse
-    m[f"vq_mse_{suffix}"] = vq.mse
+    h.record_runs(m, tag, {"fsq": fsq, "vq": vq})
     result.check_ge(f"FSQ [8,5,5,5] utilisation >= {util_min}{tag}", fsq.usage.utilisation, util_min)
     result.check_ge(
         f"FSQ utilisation >= 10x plain VQ's{tag}", fsq.usage.utilisation / vq.usage.utilisation, 10.0

@@ -108,11 +108,7 @@ def _compare(
     result: Result, vq: h.RunResult, sim: h.RunResult, util_min: float, ppl_ratio: float, tag: str = ""
 ) -> None:
     m = result.metrics
-    suffix = tag.strip().replace("(", "").replace(")", "").replace(" ", "") or "main"
-    for name, r in (("vq", vq), ("simvq", sim)):
-        m[f"{name}_utilisation_{suffix}"] = r.usage.utilisation
-        m[f"{name}_perplexity_{suffix}"] = r.usage.perplexity
-        m[f"{name}_mse_{suffix}"] = r.mse
+    h.record_runs(m, tag, {"vq": vq, "simvq": sim})
     result.check_ge(f"SimVQ utilisation >= {util_min}{tag}", sim.usage.utilisation, util_min)
     result.check_ge(
         f"SimVQ utilisation >= 10x plain VQ's{tag}", sim.usage.utilisation / vq.usage.utilisation, 10.0

@@ -23,12 +23,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kexue.losses import tvd_loss  # noqa: E402
-from kexue.repro._finetune import digits_split, ece, flip_labels, mlp, predict_proba, train_classifier  # noqa: E402
+from kexue.repro._finetune import (
+    digits_split,
+    ece,
+    flip_labels,
+    mlp,
+    plot_epoch_curves,
+    predict_proba,
+    train_classifier,
+)  # noqa: E402
 from kexue.repro.base import Claim, Result, Table, check_mode, save_figure, track  # noqa: E402
 
 CLAIM = Claim(
@@ -174,19 +181,16 @@ def run(mode: str, seed: int, out: Path) -> Result:
             worst_tailr=max(final(n, "ece") for n in tailrs),
         )
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name in variants:
-        h = hists[name][0]
-        ep = range(1, epochs + 1)
-        axes[0].plot(ep, h["acc"], label=name)
-        axes[1].plot(ep, h["memo"], label=name)
-        axes[2].plot(ep, h["ece"], label=name)
-    for ax, title in zip(
-        axes, ("clean test accuracy", "memorised flipped training labels", "clean test ECE")
-    ):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"digits with {int(NOISE * 100)}% flipped labels (seed {seeds[0]})")
+    fig = plot_epoch_curves(
+        hists,
+        variants,
+        [
+            ("acc", "clean test accuracy"),
+            ("memo", "memorised flipped training labels"),
+            ("ece", "clean test ECE"),
+        ],
+        epochs,
+        f"digits with {int(NOISE * 100)}% flipped labels (seed {seeds[0]})",
+    )
     save_figure(fig, out, "tvd_noisy_digits.png", result)
     return result

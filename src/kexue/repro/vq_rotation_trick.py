@@ -95,11 +95,8 @@ def _pair_a(
     result: Result, ste: h.RunResult, rot: h.RunResult, util_ratio: float, ppl_ratio: float, tag: str = ""
 ) -> None:
     m = result.metrics
-    suffix = tag.strip().replace("(", "").replace(")", "").replace(" ", "") or "main"
+    suffix = h.record_runs(m, tag, {"ste": ste, "rotation": rot})
     for name, r in (("ste", ste), ("rotation", rot)):
-        m[f"{name}_utilisation_{suffix}"] = r.usage.utilisation
-        m[f"{name}_perplexity_{suffix}"] = r.usage.perplexity
-        m[f"{name}_mse_{suffix}"] = r.mse
         m[f"{name}_rel_quant_error_{suffix}"] = r.rel_quant_error
     m[f"rotation_over_ste_rel_quant_error_{suffix}"] = rot.rel_quant_error / ste.rel_quant_error
     result.check_ge(
