@@ -131,34 +131,68 @@ def test_compile_switch_falls_back_to_eager():
     assert list(wrapped.state_dict()) == ["module.weight", "module.bias"]
 
 
-def _ddp_worker(rank, world, port, k, out_path):
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
+_DDP_SCRIPT = """
+import datetime, os, socket, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from kexue.train import TrainConfig, train
 
+
+def data(n_batches, batch, dtype):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 2, generator=g, dtype=dtype)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(batch, 4, generator=g, dtype=dtype)
+        out.append((x, x @ w))
+    return out
+
+
+def mse(model, batch):
+    x, y = batch
+    return F.mse_loss(model(x), y)
+
+
+def worker(rank, world, port, k, out_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         torch.manual_seed(0)
         model = DDP(nn.Linear(4, 2).double())
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        data = _data(8, batch=4, dtype=torch.float64)[rank::world]
-        log = train(model, _mse, data, opt, TrainConfig(steps=2, accumulate_steps=k, reduce_loss=True))
+        batches = data(8, 4, torch.float64)[rank::world]
+        log = train(model, mse, batches, opt, TrainConfig(steps=2, accumulate_steps=k, reduce_loss=True))
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         torch.save({"params": flat, "loss": log.loss}, f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
+if __name__ == "__main__":
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    mp.start_processes(worker, args=(2, port, 2, sys.argv[1]), nprocs=2, start_method="spawn")
+"""
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    """Two gloo ranks (a fresh interpreter, spawned workers, bounded by timeouts) == one process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(_DDP_SCRIPT)
     out = str(tmp_path / "ddp")
-    mp.start_processes(_ddp_worker, args=(2, port, 2, out), nprocs=2, start_method="fork")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), out], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     assert torch.equal(r0["params"], r1["params"]) and r0["loss"] == r1["loss"]
     # single process: each update averages the 4 micro-batches the two ranks saw together
