@@ -198,3 +198,161 @@ def test_bad_core_arguments():
     keys = (np.arange(255, dtype=np.uint64) << np.uint64(56)) | np.uint64(1)
     with pytest.raises(ValueError, match="every single byte"):
         core.BNLMCore(keys, np.zeros(255), 3, True)
+
+
+# --- the training fast path: chunking, partitioned window counts, radix sort, pruned expansion, piece tables
+
+text_chars = st.text(alphabet=st.sampled_from(list("ab \n\r中é\x00\U0001f600\u0660")), max_size=60)
+
+
+@FAST
+@given(text=text_chars, max_chars=st.integers(1, 6), max_newlines=st.integers(1, 3))
+def test_training_chunks_match_the_regex(text, max_chars, max_newlines):
+    import re
+
+    pattern = re.compile(rf".{{0,{max_chars}}}\n{{1,{max_newlines}}}|.{{1,{max_chars}}}")
+    data = text.encode()
+    spans = core.split_training_chunks(data, max_chars, max_newlines)
+    assert spans == ref.split_training_chunks(data, max_chars, max_newlines)
+    assert [data[a:b] for a, b in spans] == [t.encode() for t in pattern.findall(text)]
+
+
+def export_sorted(table) -> tuple[np.ndarray, np.ndarray]:
+    keys, counts = np.empty(len(table), np.uint64), np.empty(len(table), np.int64)
+    table.export_sorted(keys, counts)
+    return keys, counts
+
+
+@FAST
+@given(
+    items=st.lists(text_chars, max_size=5),
+    order=st.integers(1, 7),
+    parts=st.integers(1, 3),
+    max_chars=st.integers(1, 8),
+)
+def test_text_window_counts_equal_chunk_counts_and_partition_exactly(items, order, parts, max_chars):
+    datas = [t.encode() for t in items]
+    chunks = [d[a:b] for d in datas for a, b in ref.split_training_chunks(d, max_chars, 2)]
+    whole = core.NgramTable()
+    whole.add_chunks(chunks, order)
+    expected = export_sorted(whole)
+    tables = [core.NgramTable(4) for _ in range(parts)]
+    for k, t in enumerate(tables):
+        t.add_texts(datas, order, max_chars, 2, part=k, parts=parts)
+        r = ref.NgramTable()
+        r.add_texts(datas, order, max_chars, 2, part=k, parts=parts)
+        assert np.array_equal(export_sorted(t)[0], export_sorted(r)[0])
+        assert np.array_equal(export_sorted(t)[1], export_sorted(r)[1])
+        keys = export_sorted(t)[0]
+        assert all(core.window_part(int(key), parts) == k == ref.window_part(int(key), parts) for key in keys)
+    n = sum(len(t) for t in tables)
+    keys, counts = np.empty(n, np.uint64), np.empty(n, np.int64)
+    pos = 0
+    for t in tables:
+        t.export(keys[pos : pos + len(t)], counts[pos : pos + len(t)])
+        pos += len(t)
+    core.sort_pairs(keys, counts)
+    assert np.array_equal(keys, expected[0]) and np.array_equal(counts, expected[1])
+    merged = core.NgramTable()
+    for t in tables:
+        merged.merge(t)
+    assert np.array_equal(export_sorted(merged)[0], expected[0])
+
+
+def test_window_table_grows_and_radix_sorts_like_numpy():
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**63, 200_000, dtype=np.int64).astype(np.uint64) << np.uint64(8))
+    keys = keys | np.uint64(3)
+    counts = rng.integers(1, 9, len(keys)).astype(np.int64)
+    t = core.NgramTable(16)
+    t.add_counts(keys, counts)
+    t.add_counts(keys[:1000], counts[:1000])
+    assert len(t) == len(keys) and t.nbytes >= 16 * len(keys) / 0.7
+    k, c = export_sorted(t)
+    expected = counts.copy()
+    expected[:1000] *= 2
+    assert np.array_equal(k, keys) and np.array_equal(c, expected)
+    perm = rng.permutation(len(keys))
+    k2, c2 = keys[perm].copy(), expected[perm].copy()
+    core.sort_pairs(k2, c2)
+    assert np.array_equal(k2, keys) and np.array_equal(c2, expected)
+    t.clear()
+    assert len(t) == 0
+    with pytest.raises(ValueError, match="same length"):
+        core.sort_pairs(k2, c2[:-1])
+    with pytest.raises(ValueError, match="itself"):
+        t.merge(t)
+    with pytest.raises(ValueError, match="part"):
+        t.add_texts([b"ab"], 3, part=2, parts=2)
+
+
+@FAST
+@given(chunks=chunks_strategy(), order=st.integers(1, 7), min_count=st.integers(1, 4))
+def test_pruned_expansion_equals_expand_then_filter(chunks, order, min_count):
+    t = core.NgramTable()
+    t.add_chunks(chunks, order)
+    if len(t) == 0:
+        return
+    wk, wc = export_sorted(t)
+    full = expand_windows(NgramCounts(wk, wc), core)
+    keep = ((full.keys & np.uint64(0xFF)) <= 1) | (full.counts >= min_count)
+    keys, counts = core.prune_windows(wk, wc, min_count)
+    assert np.array_equal(keys, full.keys[keep]) and np.array_equal(counts, full.counts[keep])
+    rk, rc = ref.prune_windows(wk, wc, min_count)
+    assert np.array_equal(keys, rk) and np.array_equal(counts, rc)
+
+
+@FAST
+@given(pieces=st.lists(st.tuples(st.binary(max_size=20), st.integers(1, 5)), max_size=60))
+def test_piece_counter_is_a_dict_of_counts(pieces):
+    a, b, expected = core.PieceCounter(), core.PieceCounter(), {}
+    for i, (p, c) in enumerate(pieces):
+        (a if i % 2 else b).add(p, c)
+        expected[p] = expected.get(p, 0) + c
+    a.merge(b)
+    assert a.to_dict() == expected and len(a) == len(expected)
+    r = ref.PieceCounter()
+    r.add_dict(expected)
+    assert r.to_dict() == expected
+    a.clear()
+    assert a.to_dict() == {}
+    with pytest.raises(TypeError):
+        a.add_dict({"str": 1})
+
+
+@FAST
+@given(
+    items=st.lists(text_chars, max_size=4),
+    order=st.integers(1, 6),
+    min_count=st.integers(1, 3),
+    eu=st.booleans(),
+)
+def test_text_piece_counts_equal_chunk_piece_counts(items, order, min_count, eu):
+    datas = [t.encode() for t in items] + [b"ab\nab ab\n\n\nab"]
+    t = core.NgramTable()
+    t.add_texts(datas, order)
+    lm = build_lm(NgramCounts(*core.prune_windows(*export_sorted(t), min_count)), order, min_count)
+    seg = core.BNLMCore(lm.keys, lm.L, order, eu)
+    chunks = [d[a:b] for d in datas for a, b in ref.split_training_chunks(d)]
+    counter = core.PieceCounter()
+    seg.count_texts(datas, counter)
+    assert counter.to_dict() == seg.count_pieces(chunks, {})
+    r = ref.PieceCounter()
+    ref.BNLMCore(lm.keys, lm.L, order, eu).count_texts(datas, r)
+    assert r.to_dict() == counter.to_dict()
+
+
+def test_encode_many_leaves_the_garbage_collector_as_it_was():
+    import gc
+
+    pieces, logp = make_vocab([(b"ab", 5)])
+    dec = core.UnigramCore(pieces, logp)
+    assert gc.isenabled()
+    out = dec.encode_many([b"abab", b"xab"])
+    assert gc.isenabled() and [len(o) for o in out] == [2, 2]
+    gc.disable()
+    try:
+        dec.encode_many([b"ab"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

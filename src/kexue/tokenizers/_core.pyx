@@ -19,6 +19,8 @@ Randomness comes from xoshiro256** seeded by splitmix64 from ``(seed, stream)``;
 ``(next >> 11) * 2**-53``.
 """
 
+import gc
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
@@ -27,7 +29,22 @@ from cpython.ref cimport Py_INCREF
 from libc.math cimport INFINITY, exp, log
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memset
+from libc.string cimport memcmp, memcpy, memset
+
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define KX_PREFETCH(p) __builtin_prefetch((p))
+    #else
+    #define KX_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void KX_PREFETCH(const void* p) noexcept nogil
+
+# hash-table look-ups run this many positions ahead of their use (independent cache misses overlap)
+DEF _AHEAD = 8
+DEF _AHEAD_LM = 4
 
 # ---------------------------------------------------------------------------------------------
 # random numbers: splitmix64 seeding + xoshiro256**
@@ -581,13 +598,20 @@ cdef class UnigramCore:
                     counts[i] = _encode(&self.lat, ptrs[i], lens[i], chunked, sample, alpha, &rng, &w.b,
                                         outs + pos)
                     pos += counts[i]
-            result = PyList_New(m)
-            pos = 0
-            for i in range(m):
-                o = _int_list(outs + pos, counts[i], offset, bos, eos)
-                Py_INCREF(o)
-                PyList_SET_ITEM(result, i, o)
-                pos += counts[i]
+            # lists of ints hold no cycles: keep the cyclic GC from re-scanning them while they are built
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                result = PyList_New(m)
+                pos = 0
+                for i in range(m):
+                    o = _int_list(outs + pos, counts[i], offset, bos, eos)
+                    Py_INCREF(o)
+                    PyList_SET_ITEM(result, i, o)
+                    pos += counts[i]
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
             return result
         finally:
             free(ptrs)
@@ -650,11 +674,135 @@ cdef class UnigramCore:
 
 cdef uint64_t _EMPTY = 0xFFFFFFFFFFFFFFFFULL
 
+# training chunks: the defaults of kexue.tokenizers.text
+cdef enum:
+    _MAX_CHUNK_CHARS = 10000
+    _MAX_CHUNK_NEWLINES = 100
+
 
 cdef inline uint64_t _mix(uint64_t key) noexcept nogil:
     cdef uint64_t z = key ^ (key >> 29)
     z *= <uint64_t>0xBF58476D1CE4E5B9ULL
     return z ^ (z >> 32)
+
+
+cdef inline int64_t _next_chunk(const uint8_t* x, int64_t a, int64_t n, int64_t max_chars,
+                                int64_t max_newlines) noexcept nogil:
+    """End of the training chunk of UTF-8 ``x`` that starts at ``a``.
+
+    The same split as the regex ``.{0,C}\n{1,N}|.{1,C}`` on the decoded text: at most ``C`` characters
+    other than a newline, then (only if a newline follows) up to ``N`` newlines. Characters are counted
+    as bytes that are not UTF-8 continuation bytes.
+    """
+    cdef int64_t b = a, chars = 0, nl = 0
+    while b < n and x[b] != 10:
+        if (x[b] & 0xC0) != 0x80:
+            if chars == max_chars:
+                return b
+            chars += 1
+        b += 1
+    while b < n and x[b] == 10 and nl < max_newlines:
+        b += 1
+        nl += 1
+    return b
+
+
+def window_part(uint64_t key, int parts):
+    """The hash class in ``range(parts)`` of a packed window (see ``NgramTable.add_texts``)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    return (_mix(key) >> 32) % <uint64_t>parts
+
+
+def split_training_chunks(bytes data, int64_t max_chars=_MAX_CHUNK_CHARS,
+                          int64_t max_newlines=_MAX_CHUNK_NEWLINES):
+    """``(start, end)`` of the training chunks of UTF-8 ``data`` (see ``kexue.tokenizers.text``)."""
+    cdef const uint8_t* x = <const uint8_t*>PyBytes_AS_STRING(data)
+    cdef int64_t n = PyBytes_GET_SIZE(data), a = 0, b
+    if max_chars < 1 or max_newlines < 1:
+        raise ValueError("max_chars and max_newlines must be >= 1")
+    out = []
+    while a < n:
+        b = _next_chunk(x, a, n, max_chars, max_newlines)
+        out.append((a, b))
+        a = b
+    return out
+
+
+cdef int _bytes_list(list items, str what, const uint8_t*** ptrs, int64_t** lens) except -1:
+    """Pointers and sizes of a list of ``bytes`` (the list must outlive their use)."""
+    cdef Py_ssize_t m = len(items), i
+    for i in range(m):
+        if not isinstance(items[i], bytes):
+            raise TypeError(f"{what} {i} must be bytes, got {type(items[i]).__name__}")
+    ptrs[0] = <const uint8_t**>malloc((m + 1) * sizeof(uint8_t*))
+    lens[0] = <int64_t*>malloc((m + 1) * sizeof(int64_t))
+    if ptrs[0] == NULL or lens[0] == NULL:
+        free(ptrs[0])
+        free(lens[0])
+        raise MemoryError()
+    for i in range(m):
+        ptrs[0][i] = <const uint8_t*>PyBytes_AS_STRING(items[i])
+        lens[0][i] = PyBytes_GET_SIZE(items[i])
+    return 0
+
+
+cdef int _radix_sort_pairs(uint64_t* keys, int64_t* vals, int64_t n) noexcept nogil:
+    """Sort ``keys`` ascending, moving ``vals`` along (LSD radix, 8 bits a pass, passes with one bucket
+    skipped). Returns -1 when the scratch buffers cannot be allocated."""
+    cdef uint64_t* k2
+    cdef int64_t* v2
+    cdef uint64_t* tk
+    cdef int64_t* tv
+    cdef int64_t count[256]
+    cdef int64_t i, pos, c
+    cdef int shift, b, nonzero
+    if n < 2:
+        return 0
+    k2 = <uint64_t*>malloc(n * sizeof(uint64_t))
+    v2 = <int64_t*>malloc(n * sizeof(int64_t))
+    if k2 == NULL or v2 == NULL:
+        free(k2)
+        free(v2)
+        return -1
+    tk, tv = keys, vals
+    for shift in range(0, 64, 8):
+        memset(count, 0, sizeof(count))
+        for i in range(n):
+            count[(tk[i] >> shift) & 0xFF] += 1
+        nonzero = 0
+        for b in range(256):
+            if count[b] != 0:
+                nonzero += 1
+        if nonzero == 1:
+            continue
+        pos = 0
+        for b in range(256):
+            c = count[b]
+            count[b] = pos
+            pos += c
+        for i in range(n):
+            b = <int>((tk[i] >> shift) & 0xFF)
+            k2[count[b]] = tk[i]
+            v2[count[b]] = tv[i]
+            count[b] += 1
+        tk, k2 = k2, tk
+        tv, v2 = v2, tv
+    if tk != keys:  # the sorted data sits in the scratch buffers
+        for i in range(n):
+            keys[i] = tk[i]
+            vals[i] = tv[i]
+        free(tk)
+        free(tv)
+    else:
+        free(k2)
+        free(v2)
+    return 0
+
+
+cdef struct WinSlot:
+    uint64_t key
+    int64_t count
 
 
 cdef class NgramTable:
@@ -663,131 +811,193 @@ cdef class NgramTable:
     Keys are packed n-grams: ``key(g) = sum_k g[k] << (56 - 8 k) | len(g)`` (bytes big-endian in the high
     56 bits, the length in the low byte), so ``order <= 7``. The count of any n-gram ``g`` with
     ``|g| <= order`` is the total count of the windows that start with ``g`` (:func:`expand_windows`):
-    one hash-table update per byte instead of ``order + 1``.
+    one hash-table update per byte instead of ``order + 1``. Open addressing, load factor <= 0.7,
+    16 bytes a slot; the table grows without the GIL.
     """
 
-    cdef uint64_t* keys
-    cdef int64_t* counts
+    cdef WinSlot* slots
     cdef int64_t cap
     cdef int64_t size
 
     def __cinit__(self, int64_t capacity=1 << 16):
         cdef int64_t cap = 1024
-        self.keys = NULL
-        self.counts = NULL
-        while cap < 2 * capacity:
+        self.slots = NULL
+        while 7 * cap < 10 * capacity:
             cap *= 2
-        self._alloc(cap)
+        if self._alloc(cap) < 0:
+            raise MemoryError("n-gram table")
 
     def __dealloc__(self):
-        free(self.keys)
-        free(self.counts)
+        free(self.slots)
 
-    cdef int _alloc(self, int64_t cap) except -1:
+    cdef int _alloc(self, int64_t cap) noexcept nogil:
         cdef int64_t i
-        self.keys = <uint64_t*>malloc(cap * sizeof(uint64_t))
-        self.counts = <int64_t*>malloc(cap * sizeof(int64_t))
-        if self.keys == NULL or self.counts == NULL:
-            free(self.keys)
-            free(self.counts)
-            self.keys = NULL
-            self.counts = NULL
-            raise MemoryError("n-gram table")
+        cdef WinSlot* slots = <WinSlot*>malloc(cap * sizeof(WinSlot))
+        if slots == NULL:
+            return -1
         for i in range(cap):
-            self.keys[i] = _EMPTY
-            self.counts[i] = 0
-        self.cap = cap
-        self.size = 0
+            slots[i].key = _EMPTY
+        self.slots, self.cap, self.size = slots, cap, 0
         return 0
 
-    cdef int _reserve(self, int64_t extra) except -1:
-        cdef uint64_t* old_keys
-        cdef int64_t* old_counts
-        cdef int64_t old_cap, i, new_cap
-        if 2 * (self.size + extra) <= self.cap:
-            return 0
-        old_keys, old_counts, old_cap = self.keys, self.counts, self.cap
-        new_cap = self.cap
-        while 2 * (self.size + extra) > new_cap:
-            new_cap *= 2
-        self.keys = NULL
-        self.counts = NULL
-        try:
-            self._alloc(new_cap)
-            with nogil:
-                for i in range(old_cap):
-                    if old_keys[i] != _EMPTY:
-                        self._add(old_keys[i], old_counts[i])
-        except MemoryError:
-            self.keys, self.counts, self.cap = old_keys, old_counts, old_cap
-            raise
-        free(old_keys)
-        free(old_counts)
+    cdef int _grow(self) noexcept nogil:
+        cdef WinSlot* old = self.slots
+        cdef int64_t old_cap = self.cap, old_size = self.size, i
+        if self._alloc(2 * old_cap) < 0:
+            self.slots, self.cap, self.size = old, old_cap, old_size
+            return -1
+        for i in range(old_cap):
+            if old[i].key != _EMPTY:
+                self._put(old[i].key, old[i].count)
+        free(old)
         return 0
 
-    cdef inline void _add(self, uint64_t key, int64_t c) noexcept nogil:
+    cdef inline void _put(self, uint64_t key, int64_t c) noexcept nogil:
         cdef int64_t mask = self.cap - 1
         cdef int64_t h = <int64_t>(_mix(key) & <uint64_t>mask)
         while True:
-            if self.keys[h] == key:
-                self.counts[h] += c
+            if self.slots[h].key == key:
+                self.slots[h].count += c
                 return
-            if self.keys[h] == _EMPTY:
-                self.keys[h] = key
-                self.counts[h] = c
+            if self.slots[h].key == _EMPTY:
+                self.slots[h].key = key
+                self.slots[h].count = c
                 self.size += 1
                 return
             h = (h + 1) & mask
 
+    cdef inline int _add(self, uint64_t key, int64_t c) noexcept nogil:
+        if 10 * (self.size + 1) > 7 * self.cap:
+            if self._grow() < 0:
+                return -1
+        self._put(key, c)
+        return 0
+
+    cdef int _count_windows(self, const uint8_t* x, int64_t n, int order, int64_t max_chars,
+                            int64_t max_newlines, uint64_t part, uint64_t parts) noexcept nogil:
+        cdef int64_t i, ce = 0
+        cdef int k, ln
+        cdef uint64_t body, key
+        cdef int64_t ahead
+        for i in range(n):
+            if i == ce:
+                ce = _next_chunk(x, i, n, max_chars, max_newlines)
+            ahead = i + _AHEAD
+            if ahead < ce:  # warm the slot of the window a few positions on
+                body = 0
+                ln = order if ce - ahead >= order else <int>(ce - ahead)
+                for k in range(ln):
+                    body |= (<uint64_t>x[ahead + k]) << (56 - 8 * k)
+                key = _mix(body | <uint64_t>ln)
+                if parts == 1 or (key >> 32) % parts == part:
+                    KX_PREFETCH(&self.slots[<int64_t>(key & <uint64_t>(self.cap - 1))])
+            ln = order
+            if ce - i < ln:
+                ln = <int>(ce - i)
+            body = 0
+            for k in range(ln):
+                body |= (<uint64_t>x[i + k]) << (56 - 8 * k)
+            key = body | <uint64_t>ln
+            if parts > 1 and (_mix(key) >> 32) % parts != part:
+                continue
+            if self._add(key, 1) < 0:
+                return -1
+        return 0
+
     def __len__(self):
         return self.size
 
+    @property
+    def nbytes(self):
+        """Bytes held by the hash table."""
+        return self.cap * 16
+
     def add_chunks(self, list chunks, int order):
-        """Count the windows of every chunk (``bytes``)."""
+        """Count the windows of every chunk (``bytes``); windows never cross a chunk's end."""
+        cdef const uint8_t** ptrs = NULL
+        cdef int64_t* lens = NULL
         cdef Py_ssize_t m = len(chunks), ci
-        cdef const uint8_t* x
-        cdef int64_t n, i, j
-        cdef int k, ln
-        cdef uint64_t body
+        cdef int rc = 0
         if order < 1 or order > 7:
             raise ValueError(f"order must be in [1, 7], got {order}")
-        for ci in range(m):
-            if not isinstance(chunks[ci], bytes):
-                raise TypeError(f"chunk {ci} must be bytes, got {type(chunks[ci]).__name__}")
-        for ci in range(m):
-            x = <const uint8_t*>PyBytes_AS_STRING(chunks[ci])
-            n = PyBytes_GET_SIZE(chunks[ci])
-            i = 0
-            while i < n:
-                j = i + 65536
-                if j > n:
-                    j = n
-                self._reserve(j - i)
-                with nogil:
-                    while i < j:
-                        body = 0
-                        ln = order
-                        if n - i < ln:
-                            ln = <int>(n - i)
-                        for k in range(ln):
-                            body |= (<uint64_t>x[i + k]) << (56 - 8 * k)
-                        self._add(body | <uint64_t>ln, 1)
-                        i += 1
+        _bytes_list(chunks, "chunk", &ptrs, &lens)
+        try:
+            with nogil:
+                for ci in range(m):
+                    # a chunk is its own chunk: caps larger than it never split it
+                    rc = self._count_windows(ptrs[ci], lens[ci], order, lens[ci] + 1, lens[ci] + 1, 0, 1)
+                    if rc < 0:
+                        break
+        finally:
+            free(ptrs)
+            free(lens)
+        if rc < 0:
+            raise MemoryError("n-gram table")
+
+    def add_texts(self, list texts, int order, int64_t max_chars=_MAX_CHUNK_CHARS,
+                  int64_t max_newlines=_MAX_CHUNK_NEWLINES, int part=0, int parts=1):
+        """Count the windows of UTF-8 texts split into training chunks (:func:`split_training_chunks`).
+
+        Equal to ``add_chunks`` of the chunks of every text; runs without the GIL. With ``parts > 1`` only
+        the windows of hash class ``part`` (:func:`window_part`) are counted: ``parts`` threads over the
+        same texts fill disjoint tables, with no merge.
+        """
+        cdef const uint8_t** ptrs = NULL
+        cdef int64_t* lens = NULL
+        cdef Py_ssize_t m = len(texts), ci
+        cdef int rc = 0
+        if order < 1 or order > 7:
+            raise ValueError(f"order must be in [1, 7], got {order}")
+        if max_chars < 1 or max_newlines < 1:
+            raise ValueError("max_chars and max_newlines must be >= 1")
+        if parts < 1 or not 0 <= part < parts:
+            raise ValueError(f"need 0 <= part < parts, got part={part}, parts={parts}")
+        _bytes_list(texts, "text", &ptrs, &lens)
+        try:
+            with nogil:
+                for ci in range(m):
+                    rc = self._count_windows(ptrs[ci], lens[ci], order, max_chars, max_newlines, part, parts)
+                    if rc < 0:
+                        break
+        finally:
+            free(ptrs)
+            free(lens)
+        if rc < 0:
+            raise MemoryError("n-gram table")
 
     def add_counts(self, const uint64_t[::1] keys, const int64_t[::1] counts):
         """Add ``counts[i]`` to ``keys[i]`` (merge of shard tables)."""
-        cdef int64_t n = keys.shape[0], i = 0, j
+        cdef int64_t n = keys.shape[0], i
+        cdef int rc = 0
         if counts.shape[0] != n:
             raise ValueError("keys and counts must have the same length")
-        while i < n:
-            j = i + 65536
-            if j > n:
-                j = n
-            self._reserve(j - i)
-            with nogil:
-                while i < j:
-                    self._add(keys[i], counts[i])
-                    i += 1
+        with nogil:
+            for i in range(n):
+                if keys[i] == _EMPTY:
+                    rc = -2
+                    break
+                rc = self._add(keys[i], counts[i])
+                if rc < 0:
+                    break
+        if rc == -2:
+            raise ValueError("0xFFFFFFFFFFFFFFFF is not a packed n-gram")
+        if rc < 0:
+            raise MemoryError("n-gram table")
+
+    def merge(self, NgramTable other not None):
+        """Add every count of ``other`` (another thread's table) into this one."""
+        cdef int64_t i
+        cdef int rc = 0
+        if other is self:
+            raise ValueError("cannot merge a table into itself")
+        with nogil:
+            for i in range(other.cap):
+                if other.slots[i].key != _EMPTY:
+                    rc = self._add(other.slots[i].key, other.slots[i].count)
+                    if rc < 0:
+                        break
+        if rc < 0:
+            raise MemoryError("n-gram table")
 
     def export(self, uint64_t[::1] keys_out, int64_t[::1] counts_out):
         """Write the (key, count) pairs, in table order, into arrays of length ``len(self)``."""
@@ -796,10 +1006,136 @@ cdef class NgramTable:
             raise ValueError(f"output arrays must have length {self.size}")
         with nogil:
             for i in range(self.cap):
-                if self.keys[i] != _EMPTY:
-                    keys_out[j] = self.keys[i]
-                    counts_out[j] = self.counts[i]
+                if self.slots[i].key != _EMPTY:
+                    keys_out[j] = self.slots[i].key
+                    counts_out[j] = self.slots[i].count
                     j += 1
+
+    def export_sorted(self, uint64_t[::1] keys_out, int64_t[::1] counts_out):
+        """:meth:`export` sorted by key (radix sort)."""
+        cdef int rc
+        self.export(keys_out, counts_out)
+        with nogil:
+            rc = _radix_sort_pairs(&keys_out[0], &counts_out[0], self.size) if self.size > 0 else 0
+        if rc < 0:
+            raise MemoryError("sort of the n-gram table")
+
+    def clear(self):
+        """Drop every count and release the memory (down to the initial 1024 slots)."""
+        free(self.slots)
+        self.slots = NULL
+        self.cap = 0
+        self.size = 0
+        if self._alloc(1024) < 0:
+            raise MemoryError("n-gram table")
+
+
+def sort_pairs(uint64_t[::1] keys, int64_t[::1] counts):
+    """Sort ``keys`` in place, ascending, moving ``counts`` along (radix sort)."""
+    cdef int rc = 0
+    cdef int64_t n = keys.shape[0]
+    if counts.shape[0] != n:
+        raise ValueError("keys and counts must have the same length")
+    if n > 1:
+        with nogil:
+            rc = _radix_sort_pairs(&keys[0], &counts[0], n)
+    if rc < 0:
+        raise MemoryError("sort")
+
+
+def prune_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, int64_t min_count):
+    """The kept n-gram counts from sorted window counts, as sorted ``(keys, counts)`` arrays.
+
+    Same result as :func:`expand_windows` followed by keeping the grams with ``|g| <= 1`` or
+    ``c(g) >= min_count``, without materialising the unkept ones: a gram's count is final when the scan
+    over the sorted windows leaves its subtree (post-order), and it is emitted then.
+    """
+    import numpy as np
+
+    cdef int64_t n = wkeys.shape[0], i, m = 0, cap = 1024
+    cdef int64_t cnt[8]
+    cdef uint64_t key[8]
+    cdef int depth = 0, ln, c, j, rc = 0
+    cdef uint64_t body, prev = 0, mask
+    cdef int64_t root = 0
+    cdef uint64_t* ok = NULL
+    cdef int64_t* oc = NULL
+    cdef void* tmp
+    cdef uint64_t[::1] kv
+    cdef int64_t[::1] cv
+    if wcounts.shape[0] != n:
+        raise ValueError("keys and counts must have the same length")
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    for i in range(n):
+        if i > 0 and wkeys[i] <= wkeys[i - 1]:
+            raise ValueError("window keys must be sorted and unique")
+        if (wkeys[i] & 0xFF) > 7:
+            raise ValueError("window keys must have length <= 7")
+    ok = <uint64_t*>malloc(cap * sizeof(uint64_t))
+    oc = <int64_t*>malloc(cap * sizeof(int64_t))
+    try:
+        if ok == NULL or oc == NULL:
+            raise MemoryError()
+        with nogil:
+            for i in range(n + 1):
+                if i < n:
+                    ln = <int>(wkeys[i] & 0xFF)
+                    body = wkeys[i] & ~(<uint64_t>0xFF)
+                    c = 0
+                    while c < depth and c < ln and ((body >> (56 - 8 * c)) & 0xFF) == ((prev >> (56 - 8 * c)) & 0xFF):
+                        c += 1
+                else:
+                    c = 0
+                # close the open grams longer than the common prefix (deepest first)
+                j = depth
+                while j > c:
+                    if j <= 1 or cnt[j] >= min_count:
+                        if m + 2 > cap:
+                            cap *= 2
+                            tmp = realloc(ok, cap * sizeof(uint64_t))
+                            if tmp == NULL:
+                                rc = -1
+                                break
+                            ok = <uint64_t*>tmp
+                            tmp = realloc(oc, cap * sizeof(int64_t))
+                            if tmp == NULL:
+                                rc = -1
+                                break
+                            oc = <int64_t*>tmp
+                        ok[m] = key[j]
+                        oc[m] = cnt[j]
+                        m += 1
+                    j -= 1
+                if rc < 0 or i == n:
+                    break
+                for j in range(c + 1, ln + 1):
+                    mask = (~(<uint64_t>0)) << (64 - 8 * j)
+                    key[j] = (body & mask) | <uint64_t>j
+                    cnt[j] = 0
+                depth = ln
+                prev = body
+                root += wcounts[i]
+                for j in range(1, ln + 1):
+                    cnt[j] += wcounts[i]
+            if rc == 0:
+                ok[m] = 0
+                oc[m] = root
+                m += 1
+                rc = _radix_sort_pairs(ok, oc, m)
+        if rc < 0:
+            raise MemoryError("pruned n-gram counts")
+        keys = np.empty(m, np.uint64)
+        counts = np.empty(m, np.int64)
+        kv = keys
+        cv = counts
+        for i in range(m):
+            kv[i] = ok[i]
+            cv[i] = oc[i]
+        return keys, counts
+    finally:
+        free(ok)
+        free(oc)
 
 
 def expand_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, uint64_t[::1] out_keys,
@@ -848,6 +1184,176 @@ def expand_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, uint64
 
 
 # ---------------------------------------------------------------------------------------------
+# piece counts (pass 2 of training)
+# ---------------------------------------------------------------------------------------------
+
+cdef struct PieceSlot:
+    uint64_t hash
+    int64_t off
+    int64_t length
+    int64_t count
+
+
+cdef inline uint64_t _hash_bytes(const uint8_t* p, int64_t n) noexcept nogil:
+    cdef uint64_t h = (<uint64_t>n) * <uint64_t>0xFF51AFD7ED558CCDULL + <uint64_t>0x9E3779B97F4A7C15ULL
+    cdef uint64_t w
+    cdef int64_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        h = (h ^ w) * <uint64_t>0xBF58476D1CE4E5B9ULL
+        h ^= h >> 31
+        i += 8
+    w = 0
+    while i < n:
+        w = (w << 8) | p[i]
+        i += 1
+    h = (h ^ w) * <uint64_t>0x94D049BB133111EBULL
+    return h ^ (h >> 29)
+
+
+cdef class PieceCounter:
+    """Counts of byte strings in an open-addressing hash table with the strings in one arena.
+
+    Used by pass 2 of training instead of a ``dict`` so that counting runs without the GIL and makes no
+    Python object per piece occurrence. :meth:`to_dict` converts at the end.
+    """
+
+    cdef PieceSlot* slots
+    cdef int64_t cap
+    cdef int64_t size
+    cdef uint8_t* arena
+    cdef int64_t arena_len
+    cdef int64_t arena_cap
+
+    def __cinit__(self):
+        self.slots = NULL
+        self.arena = NULL
+        self.slots = <PieceSlot*>malloc(1024 * sizeof(PieceSlot))
+        self.arena = <uint8_t*>malloc(1 << 16)
+        if self.slots == NULL or self.arena == NULL:
+            raise MemoryError("piece counter")
+        self.cap = 1024
+        self.size = 0
+        self.arena_len = 0
+        self.arena_cap = 1 << 16
+        memset(self.slots, 0xFF, 1024 * sizeof(PieceSlot))
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.arena)
+
+    cdef int _grow(self) noexcept nogil:
+        cdef int64_t new_cap = 2 * self.cap, i, h, mask = new_cap - 1
+        cdef PieceSlot* new = <PieceSlot*>malloc(new_cap * sizeof(PieceSlot))
+        if new == NULL:
+            return -1
+        memset(new, 0xFF, new_cap * sizeof(PieceSlot))
+        for i in range(self.cap):
+            if self.slots[i].off >= 0:
+                h = <int64_t>(self.slots[i].hash & <uint64_t>mask)
+                while new[h].off >= 0:
+                    h = (h + 1) & mask
+                new[h] = self.slots[i]
+        free(self.slots)
+        self.slots = new
+        self.cap = new_cap
+        return 0
+
+    cdef int _add(self, const uint8_t* p, int64_t n, int64_t c) noexcept nogil:
+        cdef uint64_t hv
+        cdef int64_t h, mask, need
+        cdef void* tmp
+        if 10 * (self.size + 1) > 7 * self.cap:
+            if self._grow() < 0:
+                return -1
+        hv = _hash_bytes(p, n)
+        mask = self.cap - 1
+        h = <int64_t>(hv & <uint64_t>mask)
+        while self.slots[h].off >= 0:
+            if (self.slots[h].hash == hv and self.slots[h].length == n
+                    and memcmp(self.arena + self.slots[h].off, p, n) == 0):
+                self.slots[h].count += c
+                return 0
+            h = (h + 1) & mask
+        need = self.arena_len + n
+        if need > self.arena_cap:
+            while need > self.arena_cap:
+                self.arena_cap *= 2
+            tmp = realloc(self.arena, self.arena_cap)
+            if tmp == NULL:
+                return -1
+            self.arena = <uint8_t*>tmp
+        memcpy(self.arena + self.arena_len, p, n)
+        self.slots[h].hash = hv
+        self.slots[h].off = self.arena_len
+        self.slots[h].length = n
+        self.slots[h].count = c
+        self.arena_len += n
+        self.size += 1
+        return 0
+
+    def __len__(self):
+        return self.size
+
+    @property
+    def nbytes(self):
+        """Bytes held by the table and the arena."""
+        return self.cap * sizeof(PieceSlot) + self.arena_cap
+
+    def add(self, bytes piece not None, int64_t count=1):
+        """Add ``count`` to ``piece``."""
+        if self._add(<const uint8_t*>PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece), count) < 0:
+            raise MemoryError("piece counter")
+
+    def add_dict(self, dict counts not None):
+        """Add every ``piece -> count`` of a dict."""
+        for k, v in counts.items():
+            if not isinstance(k, bytes):
+                raise TypeError(f"pieces must be bytes, got {type(k).__name__}")
+            self.add(k, v)
+
+    def merge(self, PieceCounter other not None):
+        """Add every count of ``other`` (another thread's counter)."""
+        cdef int64_t i
+        cdef int rc = 0
+        if other is self:
+            raise ValueError("cannot merge a counter into itself")
+        with nogil:
+            for i in range(other.cap):
+                if other.slots[i].off >= 0:
+                    rc = self._add(other.arena + other.slots[i].off, other.slots[i].length,
+                                   other.slots[i].count)
+                    if rc < 0:
+                        break
+        if rc < 0:
+            raise MemoryError("piece counter")
+
+    def clear(self):
+        """Drop every count and release the memory (down to the initial size)."""
+        cdef PieceSlot* slots = <PieceSlot*>malloc(1024 * sizeof(PieceSlot))
+        cdef uint8_t* arena = <uint8_t*>malloc(1 << 16)
+        if slots == NULL or arena == NULL:
+            free(slots)
+            free(arena)
+            raise MemoryError("piece counter")
+        free(self.slots)
+        free(self.arena)
+        self.slots, self.arena = slots, arena
+        memset(self.slots, 0xFF, 1024 * sizeof(PieceSlot))
+        self.cap, self.size, self.arena_len, self.arena_cap = 1024, 0, 0, 1 << 16
+
+    def to_dict(self):
+        """``{piece: count}``."""
+        cdef int64_t i
+        cdef dict out = {}
+        for i in range(self.cap):
+            if self.slots[i].off >= 0:
+                out[PyBytes_FromStringAndSize(<const char*>self.arena + self.slots[i].off,
+                                              self.slots[i].length)] = self.slots[i].count
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
 # byte n-gram language-model segmentation (pass 2 of training)
 # ---------------------------------------------------------------------------------------------
 
@@ -880,7 +1386,7 @@ cdef class BNLMCore:
             raise ValueError(f"L has {L.shape[0]} entries but there are {n} keys")
         self.order = order
         self.ensure_unicode = ensure_unicode
-        while cap < 2 * n:
+        while 10 * n > 7 * cap:  # load factor <= 0.7
             cap *= 2
         self.table = <LMSlot*>malloc(cap * sizeof(LMSlot))
         if self.table == NULL:
@@ -932,6 +1438,72 @@ cdef class BNLMCore:
                 raise TypeError(f"chunks must be bytes, got {type(ch).__name__}")
             self._segment(ch, None, counter)
         return counter
+
+    def count_texts(self, list texts, PieceCounter counter not None, int64_t max_chars=_MAX_CHUNK_CHARS,
+                    int64_t max_newlines=_MAX_CHUNK_NEWLINES):
+        """Segment UTF-8 texts split into training chunks and add the pieces into ``counter``.
+
+        Equal to :meth:`count_pieces` on the chunks of every text (:func:`split_training_chunks`); runs
+        without the GIL, so threads with their own counters share one core.
+        """
+        cdef const uint8_t** ptrs = NULL
+        cdef int64_t* lens = NULL
+        cdef Py_ssize_t m = len(texts), ci
+        cdef int rc = 0
+        if max_chars < 1 or max_newlines < 1:
+            raise ValueError("max_chars and max_newlines must be >= 1")
+        _bytes_list(texts, "text", &ptrs, &lens)
+        try:
+            with nogil:
+                rc = self._count_many(ptrs, lens, m, counter, max_chars, max_newlines)
+        finally:
+            free(ptrs)
+            free(lens)
+        if rc < 0:
+            raise MemoryError("piece counting")
+
+    cdef int _count_many(self, const uint8_t** ptrs, const int64_t* lens, Py_ssize_t m, PieceCounter counter,
+                         int64_t max_chars, int64_t max_newlines) noexcept nogil:
+        cdef int order = self.order
+        cdef double buf[32]
+        cdef int8_t* routes = NULL
+        cdef int64_t* starts = NULL
+        cdef int64_t room = 0, a, e, n, nstarts, k
+        cdef Py_ssize_t ci
+        cdef const uint8_t* x
+        cdef void* tmp
+        cdef int rc = 0
+        for ci in range(m):
+            x = ptrs[ci]
+            a = 0
+            while a < lens[ci]:
+                e = _next_chunk(x, a, lens[ci], max_chars, max_newlines)
+                n = e - a
+                if n > room:
+                    room = 2 * n
+                    tmp = realloc(routes, room * order * sizeof(int8_t))
+                    if tmp == NULL:
+                        rc = -1
+                        break
+                    routes = <int8_t*>tmp
+                    tmp = realloc(starts, (room + 1) * sizeof(int64_t))
+                    if tmp == NULL:
+                        rc = -1
+                        break
+                    starts = <int64_t*>tmp
+                nstarts = self._viterbi(x + a, n, buf, routes, starts)
+                for k in range(nstarts):
+                    if counter._add(x + a + starts[k], starts[k + 1] - starts[k], 1) < 0:
+                        rc = -1
+                        break
+                if rc < 0:
+                    break
+                a = e
+            if rc < 0:
+                break
+        free(routes)
+        free(starts)
+        return rc
 
     cdef int _segment(self, bytes chunk, list out, dict counter) except -1:
         cdef const uint8_t* x = <const uint8_t*>PyBytes_AS_STRING(chunk)
@@ -1004,20 +1576,28 @@ cdef class BNLMCore:
         cdef double unmasked0
         cdef int64_t i, nstarts, k
         cdef uint64_t body
-        cdef bint masked, alive
+        cdef bint masked, alive, dead
         for i in range(n):
             # E[j] = L(x[i-j..i]); the gram's bytes are packed big-endian, x[i] last
+            if i + _AHEAD_LM < n:  # warm the slots of the grams ending a few bytes on
+                body = 0
+                for j in range(order):
+                    if i + _AHEAD_LM - j < 0:
+                        break
+                    body = (body >> 8) | ((<uint64_t>x[i + _AHEAD_LM - j]) << 56)
+                    KX_PREFETCH(&self.table[<int64_t>(_mix(body | <uint64_t>(j + 1)) & <uint64_t>self.mask)])
+            # a gram that was pruned has no kept extension (counts only shrink as a gram grows)
             body = 0
+            dead = False
             for j in range(order):
-                if i - j < 0:
+                if dead or i - j < 0:
                     E[j] = -INFINITY
+                    dead = True
                     continue
                 body = (body >> 8) | ((<uint64_t>x[i - j]) << 56)
                 if not self._get(body | <uint64_t>(j + 1), &E[j]):
                     E[j] = -INFINITY
-            for j in range(1, order):
-                if E[j - 1] == -INFINITY:
-                    E[j] = -INFINITY
+                    dead = True
             unmasked0 = E[0]
             masked = self.ensure_unicode and (x[i] & 0xC0) == 0x80
             if masked:

@@ -59,9 +59,8 @@ class NgramCounts:
         n = len(table)
         keys = np.empty(n, np.uint64)
         counts = np.empty(n, np.int64)
-        table.export(keys, counts)
-        order = np.argsort(keys)
-        return cls(keys[order], counts[order])
+        table.export_sorted(keys, counts)
+        return cls(keys, counts)
 
 
 def merge_ngram_counts(a: NgramCounts, b: NgramCounts) -> NgramCounts:

@@ -22,42 +22,67 @@ from types import ModuleType
 import numpy as np
 
 
+def _split_counts(
+    keys: list[bytes],
+    counts: np.ndarray,
+    words: list[bytes],
+    weights: np.ndarray,
+    core: ModuleType,
+    threads: int = 1,
+) -> np.ndarray:
+    """``out[i]``: total weight landing on ``keys[i]`` when each word is segmented by the decoder of
+    ``(keys, counts)`` (``l(w) = log n(w) - log sum n``)."""
+    total = int(counts.sum())
+    logp = np.ascontiguousarray(np.log(counts.astype(np.float64)) - np.log(total))
+    dec = core.UnigramCore(keys, logp)
+    weights = np.ascontiguousarray(weights, dtype=np.int64)
+    threads = max(1, min(threads, len(words) // 1000 + 1))
+    if threads == 1:
+        out = np.zeros(len(keys), np.int64)
+        dec.split_counts(words, weights, out)
+        return out
+    bounds = np.linspace(0, len(words), threads + 1).astype(int).tolist()
+
+    def run(k: int) -> np.ndarray:
+        part = np.zeros(len(keys), np.int64)
+        lo, hi = bounds[k], bounds[k + 1]
+        dec.split_counts(words[lo:hi], np.ascontiguousarray(weights[lo:hi]), part)
+        return part
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return np.sum(list(pool.map(run, range(threads))), axis=0)
+
+
 def split_pieces(
     keep: dict[bytes, int], items: list[tuple[bytes, int]], core: ModuleType, threads: int = 1
 ) -> dict[bytes, int]:
     """Counts obtained by segmenting each ``(piece, count)`` of ``items`` with the decoder of ``keep``."""
     keys = list(keep)
     counts = np.fromiter(keep.values(), dtype=np.int64, count=len(keys))
-    total = sum(keep.values())
-    logp = np.ascontiguousarray(np.log(counts.astype(np.float64)) - np.log(total))
-    dec = core.UnigramCore(keys, logp)
     words = [w for w, _ in items]
     weights = np.fromiter((c for _, c in items), dtype=np.int64, count=len(items))
-    threads = max(1, min(threads, len(words) // 1000 + 1))
-    if threads == 1:
-        out = np.zeros(len(keys), np.int64)
-        dec.split_counts(words, weights, out)
-    else:
-        bounds = np.linspace(0, len(words), threads + 1).astype(int).tolist()
-
-        def run(k: int) -> np.ndarray:
-            part = np.zeros(len(keys), np.int64)
-            lo, hi = bounds[k], bounds[k + 1]
-            dec.split_counts(words[lo:hi], np.ascontiguousarray(weights[lo:hi]), part)
-            return part
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            out = np.sum(list(pool.map(run, range(threads))), axis=0)
+    out = _split_counts(keys, counts, words, weights, core, threads)
     return {keys[i]: int(out[i]) for i in np.flatnonzero(out).tolist()}
 
 
-def remove_redundant(keep: dict[bytes, int], core: ModuleType, threads: int = 1) -> dict[bytes, int]:
+def _remove_redundant(
+    keys: list[bytes], counts: np.ndarray, core: ModuleType, threads: int
+) -> tuple[list[bytes], np.ndarray]:
     """Step (c): iterate until every kept piece decodes to itself."""
     while True:
-        size = len(keep)
-        keep = split_pieces(keep, list(keep.items()), core, threads)
-        if len(keep) == size:
-            return keep
+        out = _split_counts(keys, counts, keys, counts, core, threads)
+        nz = np.flatnonzero(out)
+        if len(nz) == len(keys):
+            return keys, out
+        keys, counts = [keys[i] for i in nz.tolist()], out[nz]
+
+
+def remove_redundant(keep: dict[bytes, int], core: ModuleType, threads: int = 1) -> dict[bytes, int]:
+    """Step (c) on a dict ``piece -> count``."""
+    keys, counts = _remove_redundant(
+        list(keep), np.fromiter(keep.values(), np.int64, count=len(keep)), core, threads
+    )
+    return dict(zip(keys, counts.tolist()))
 
 
 def prune_pieces(
@@ -72,23 +97,23 @@ def prune_pieces(
     pieces = dict(pieces)
     for b in range(256):
         pieces.setdefault(bytes([b]), 1)
-    keep: dict[bytes, int] = {}
-    drop: list[tuple[bytes, int]] = []
-    for w, c in pieces.items():
-        if len(w) == 1 or (len(w) <= max_piece_length and c >= min_count):
-            keep[w] = c
-        else:
-            drop.append((w, c))
-    for w, c in split_pieces(keep, drop, core, threads).items():
-        keep[w] += c
-    keep = remove_redundant(keep, core, threads)
+    keys = list(pieces)
+    counts = np.fromiter(pieces.values(), dtype=np.int64, count=len(keys))
+    lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    kept = (lens == 1) | ((lens <= max_piece_length) & (counts >= min_count))
+    ki, di = np.flatnonzero(kept).tolist(), np.flatnonzero(~kept)
+    kk, kc = [keys[i] for i in ki], counts[ki]
+    dk = [keys[i] for i in di.tolist()]
+    kc = kc + _split_counts(kk, kc, dk, counts[di], core, threads)
+    kk, kc = _remove_redundant(kk, kc, core, threads)
     finals = []
     for size in sorted(max_vocab_sizes, reverse=True):
-        if len(keep) > size - 3:
-            ranked = sorted(keep.items(), key=lambda t: (len(t[0]) > 1, -t[1], -len(t[0]), t[0]))
-            keep = dict(ranked[: size - 3])
-            for w, c in split_pieces(keep, ranked[size - 3 :], core, threads).items():
-                keep[w] += c
-            keep = remove_redundant(keep, core, threads)
-        finals.append(dict(keep))
+        if len(kk) > size - 3:
+            cl = kc.tolist()
+            ranked = sorted(range(len(kk)), key=lambda i: (len(kk[i]) > 1, -cl[i], -len(kk[i]), kk[i]))
+            top, rest = ranked[: size - 3], ranked[size - 3 :]
+            nk, nc = [kk[i] for i in top], kc[top]
+            nc = nc + _split_counts(nk, nc, [kk[i] for i in rest], kc[rest], core, threads)
+            kk, kc = _remove_redundant(nk, nc, core, threads)
+        finals.append(dict(zip(kk, kc.tolist())))
     return finals

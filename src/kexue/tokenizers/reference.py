@@ -98,6 +98,43 @@ def split_chunks(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
+MAX_CHUNK_CHARS = 10_000
+MAX_CHUNK_NEWLINES = 100
+
+
+def split_training_chunks(
+    data: bytes, max_chars: int = MAX_CHUNK_CHARS, max_newlines: int = MAX_CHUNK_NEWLINES
+) -> list[tuple[int, int]]:
+    """``(start, end)`` of the training chunks of UTF-8 ``data``: at most ``max_chars`` characters other
+    than a newline, then (only when a newline follows) up to ``max_newlines`` newlines."""
+    if max_chars < 1 or max_newlines < 1:
+        raise ValueError("max_chars and max_newlines must be >= 1")
+    out = []
+    a, n = 0, len(data)
+    while a < n:
+        b, chars = a, 0
+        while b < n and data[b] != 10:
+            if data[b] & 0xC0 != 0x80:
+                if chars == max_chars:
+                    break
+                chars += 1
+            b += 1
+        else:
+            nl = 0
+            while b < n and data[b] == 10 and nl < max_newlines:
+                b += 1
+                nl += 1
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _check_bytes_list(items: list, what: str) -> None:
+    for i, x in enumerate(items):
+        if not isinstance(x, bytes):
+            raise TypeError(f"{what} {i} must be bytes, got {type(x).__name__}")
+
+
 # --- Unigram lattice -------------------------------------------------------------------------
 
 
@@ -262,6 +299,19 @@ def unpack_gram(key: int) -> bytes:
     return bytes((key >> (56 - 8 * i)) & 0xFF for i in range(n))
 
 
+def _mix(key: int) -> int:
+    z = key ^ (key >> 29)
+    z = (z * 0xBF58476D1CE4E5B9) & _M64
+    return z ^ (z >> 32)
+
+
+def window_part(key: int, parts: int) -> int:
+    """The hash class in ``range(parts)`` of a packed window (see ``NgramTable.add_texts``)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    return (_mix(key) >> 32) % parts
+
+
 class NgramTable:
     """Counts of the windows ``x[i:i+order]`` (clipped at the chunk end), keyed by :func:`pack_gram`."""
 
@@ -297,6 +347,53 @@ class NgramTable:
             keys_out[j] = k
             counts_out[j] = v
 
+    def export_sorted(self, keys_out: np.ndarray, counts_out: np.ndarray) -> None:
+        self.export(keys_out, counts_out)
+        order = np.argsort(keys_out, kind="stable")
+        keys_out[:] = keys_out[order]
+        counts_out[:] = counts_out[order]
+
+    def add_texts(
+        self,
+        texts: list[bytes],
+        order: int,
+        max_chars: int = MAX_CHUNK_CHARS,
+        max_newlines: int = MAX_CHUNK_NEWLINES,
+        part: int = 0,
+        parts: int = 1,
+    ) -> None:
+        if order < 1 or order > 7:
+            raise ValueError(f"order must be in [1, 7], got {order}")
+        if max_chars < 1 or max_newlines < 1:
+            raise ValueError("max_chars and max_newlines must be >= 1")
+        if parts < 1 or not 0 <= part < parts:
+            raise ValueError(f"need 0 <= part < parts, got part={part}, parts={parts}")
+        _check_bytes_list(texts, "text")
+        chunks = [x[a:b] for x in texts for a, b in split_training_chunks(x, max_chars, max_newlines)]
+        if parts == 1:
+            self.add_chunks(chunks, order)
+            return
+        c = self._counts
+        for x in chunks:
+            for i in range(len(x)):
+                key = pack_gram(x[i : i + order])
+                if window_part(key, parts) == part:
+                    c[key] = c.get(key, 0) + 1
+
+    def merge(self, other: NgramTable) -> None:
+        if other is self:
+            raise ValueError("cannot merge a table into itself")
+        c = self._counts
+        for k, v in other._counts.items():
+            c[k] = c.get(k, 0) + v
+
+    def clear(self) -> None:
+        self._counts = {}
+
+    @property
+    def nbytes(self) -> int:
+        return 16 * len(self._counts)
+
 
 def expand_windows(
     wkeys: np.ndarray, wcounts: np.ndarray, out_keys: np.ndarray, out_counts: np.ndarray
@@ -323,6 +420,62 @@ def expand_windows(
         out_keys[i] = k
         out_counts[i] = c[k]
     return len(keys)
+
+
+def sort_pairs(keys: np.ndarray, counts: np.ndarray) -> None:
+    """Sort ``keys`` in place, ascending, moving ``counts`` along."""
+    if len(keys) != len(counts):
+        raise ValueError("keys and counts must have the same length")
+    order = np.argsort(keys, kind="stable")
+    keys[:] = keys[order]
+    counts[:] = counts[order]
+
+
+def prune_windows(wkeys: np.ndarray, wcounts: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`expand_windows`, then keep the grams with ``|g| <= 1`` or ``c(g) >= min_count`` (sorted)."""
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    total = int(sum(int(k) & 0xFF for k in wkeys.tolist())) + 1
+    keys = np.empty(total, np.uint64)
+    counts = np.empty(total, np.int64)
+    m = expand_windows(wkeys, wcounts, keys, counts)
+    keys, counts = keys[:m], counts[:m]
+    keep = ((keys & np.uint64(0xFF)) <= 1) | (counts >= min_count)
+    return keys[keep].copy(), counts[keep].copy()
+
+
+class PieceCounter:
+    """Counts of byte strings (reference of the compiled hash table: a dict)."""
+
+    def __init__(self) -> None:
+        self._c: dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._c)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(k) + 32 for k in self._c)
+
+    def add(self, piece: bytes, count: int = 1) -> None:
+        if not isinstance(piece, bytes):
+            raise TypeError(f"pieces must be bytes, got {type(piece).__name__}")
+        self._c[piece] = self._c.get(piece, 0) + count
+
+    def add_dict(self, counts: dict) -> None:
+        for k, v in counts.items():
+            self.add(k, v)
+
+    def merge(self, other: PieceCounter) -> None:
+        if other is self:
+            raise ValueError("cannot merge a counter into itself")
+        self.add_dict(other._c)
+
+    def clear(self) -> None:
+        self._c = {}
+
+    def to_dict(self) -> dict[bytes, int]:
+        return dict(self._c)
 
 
 def count_all_ngrams(chunks: list[bytes], order: int) -> dict[bytes, int]:
@@ -437,6 +590,23 @@ class BNLMCore:
                 state = routes[i][state]
         starts = starts[::-1] + [n]
         return [chunk[a:b] for a, b in zip(starts, starts[1:])]
+
+    def count_texts(
+        self,
+        texts: list[bytes],
+        counter: PieceCounter,
+        max_chars: int = MAX_CHUNK_CHARS,
+        max_newlines: int = MAX_CHUNK_NEWLINES,
+    ) -> None:
+        if not isinstance(counter, PieceCounter):
+            raise TypeError(f"counter must be a PieceCounter, got {type(counter).__name__}")
+        if max_chars < 1 or max_newlines < 1:
+            raise ValueError("max_chars and max_newlines must be >= 1")
+        _check_bytes_list(texts, "text")
+        for x in texts:
+            for a, b in split_training_chunks(x, max_chars, max_newlines):
+                for p in self.segment(x[a:b]):
+                    counter.add(p)
 
     def count_pieces(self, chunks: list[bytes], counter: dict[bytes, int] | None = None) -> dict[bytes, int]:
         if counter is None:

