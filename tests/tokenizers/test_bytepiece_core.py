@@ -284,6 +284,9 @@ def test_window_table_grows_and_radix_sorts_like_numpy():
         t.merge(t)
     with pytest.raises(ValueError, match="part"):
         t.add_texts([b"ab"], 3, part=2, parts=2)
+    for mod in (core, ref):
+        with pytest.raises(ValueError, match="not a window"):
+            mod.NgramTable().add_counts(np.array([0, 5], np.uint64), np.array([1, 1], np.int64))
 
 
 @FAST
@@ -356,3 +359,33 @@ def test_encode_many_leaves_the_garbage_collector_as_it_was():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@FAST
+@given(
+    items=st.lists(text_chars, min_size=1, max_size=5),
+    order=st.integers(1, 7),
+    parts=st.integers(1, 3),
+    min_count=st.integers(1, 4),
+)
+def test_pruned_grams_of_the_classes_sum_to_the_whole(items, order, parts, min_count):
+    datas = [t.encode() for t in items]
+    whole = core.NgramTable()
+    whole.add_texts(datas, order)
+    if len(whole) == 0:
+        return
+    expected = core.prune_windows(*export_sorted(whole), min_count)
+    got: dict[int, int] = {}
+    for k in range(parts):
+        for mod in (core, ref):
+            t = mod.NgramTable()
+            t.add_texts(datas, order, part=k, parts=parts)
+            keys, counts = t.pruned_grams(min_count)
+            assert len(t) == 0  # consumed
+            if mod is core:
+                for key, c in zip(keys.tolist(), counts.tolist()):
+                    got[key] = got.get(key, 0) + c
+                ref_keys = set(keys.tolist())
+            else:
+                assert set(keys.tolist()) == ref_keys
+    assert sorted(got.items()) == list(zip(expected[0].tolist(), expected[1].tolist()))

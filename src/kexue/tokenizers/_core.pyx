@@ -42,6 +42,56 @@ cdef extern from *:
     """
     void KX_PREFETCH(const void* p) noexcept nogil
 
+
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int kx_trim(void) { return malloc_trim(0); }
+    #else
+    static int kx_trim(void) { return 0; }
+    #endif
+    """
+    int kx_trim() noexcept nogil
+
+
+cdef extern from *:
+    """
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <sys/mman.h>
+    #include <unistd.h>
+    static void* kx_map(size_t n) {
+        void* p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    static void kx_unmap(void* p, size_t n) { if (p != NULL) munmap(p, n); }
+    /* give the whole pages inside [p, p + n) back to the system; their contents become zero */
+    static void kx_discard(void* p, size_t n) {
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        size_t a = ((size_t)p + page - 1) / page * page, b = ((size_t)p + n) / page * page;
+        if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
+    }
+    #else
+    static void* kx_map(size_t n) { return calloc(n, 1); }
+    static void kx_unmap(void* p, size_t n) { free(p); }
+    static void kx_discard(void* p, size_t n) { }
+    #endif
+    """
+    void* kx_map(size_t n) noexcept nogil
+    void kx_unmap(void* p, size_t n) noexcept nogil
+    void kx_discard(void* p, size_t n) noexcept nogil
+
+
+def release_memory():
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Large tables freed by worker threads otherwise stay in their threads' malloc arenas.
+    """
+    cdef int r
+    with nogil:
+        r = kx_trim()
+    return bool(r)
+
 # hash-table look-ups run this many positions ahead of their use (independent cache misses overlap)
 DEF _AHEAD = 8
 DEF _AHEAD_LM = 4
@@ -673,6 +723,7 @@ cdef class UnigramCore:
 # ---------------------------------------------------------------------------------------------
 
 cdef uint64_t _EMPTY = 0xFFFFFFFFFFFFFFFFULL
+cdef uint64_t _NO_WINDOW = 0  # empty slot of a window table: a window has at least one byte
 
 # training chunks: the defaults of kexue.tokenizers.text
 cdef enum:
@@ -707,11 +758,16 @@ cdef inline int64_t _next_chunk(const uint8_t* x, int64_t a, int64_t n, int64_t 
     return b
 
 
+cdef inline uint64_t _part(uint64_t key, uint64_t parts) noexcept nogil:
+    return (_mix(key >> 48) >> 32) % parts
+
+
 def window_part(uint64_t key, int parts):
-    """The hash class in ``range(parts)`` of a packed window (see ``NgramTable.add_texts``)."""
+    """The class in ``range(parts)`` of a packed window: a hash of its first two bytes, so every gram of
+    two or more bytes has all its windows in one class (see ``NgramTable.add_texts``)."""
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
-    return (_mix(key) >> 32) % <uint64_t>parts
+    return _part(key, <uint64_t>parts)
 
 
 def split_training_chunks(bytes data, int64_t max_chars=_MAX_CHUNK_CHARS,
@@ -818,38 +874,46 @@ cdef class NgramTable:
     cdef WinSlot* slots
     cdef int64_t cap
     cdef int64_t size
+    cdef size_t mapped  # bytes of the slots' memory mapping
 
     def __cinit__(self, int64_t capacity=1 << 16):
         cdef int64_t cap = 1024
         self.slots = NULL
+        self.mapped = 0
         while 7 * cap < 10 * capacity:
             cap *= 2
         if self._alloc(cap) < 0:
             raise MemoryError("n-gram table")
 
     def __dealloc__(self):
-        free(self.slots)
+        kx_unmap(self.slots, self.mapped)
 
     cdef int _alloc(self, int64_t cap) noexcept nogil:
-        cdef int64_t i
-        cdef WinSlot* slots = <WinSlot*>malloc(cap * sizeof(WinSlot))
+        # zero-filled pages: every slot starts empty (key 0) without being touched
+        cdef WinSlot* slots = <WinSlot*>kx_map(cap * sizeof(WinSlot))
         if slots == NULL:
             return -1
-        for i in range(cap):
-            slots[i].key = _EMPTY
-        self.slots, self.cap, self.size = slots, cap, 0
+        self.slots, self.cap, self.size, self.mapped = slots, cap, 0, cap * sizeof(WinSlot)
         return 0
 
     cdef int _grow(self) noexcept nogil:
+        """Double the table. The old slots are re-inserted block by block and each block's pages are
+        given back as soon as it is done, so growing needs the new table plus one block, not both."""
         cdef WinSlot* old = self.slots
-        cdef int64_t old_cap = self.cap, old_size = self.size, i
+        cdef int64_t old_cap = self.cap, old_size = self.size, i, lo
+        cdef size_t old_mapped = self.mapped
+        cdef int64_t block = 1 << 16
         if self._alloc(2 * old_cap) < 0:
-            self.slots, self.cap, self.size = old, old_cap, old_size
+            self.slots, self.cap, self.size, self.mapped = old, old_cap, old_size, old_mapped
             return -1
-        for i in range(old_cap):
-            if old[i].key != _EMPTY:
-                self._put(old[i].key, old[i].count)
-        free(old)
+        lo = 0
+        while lo < old_cap:
+            for i in range(lo, min(lo + block, old_cap)):
+                if old[i].key != _NO_WINDOW:
+                    self._put(old[i].key, old[i].count)
+            kx_discard(&old[lo], min(block, old_cap - lo) * sizeof(WinSlot))
+            lo += block
+        kx_unmap(old, old_mapped)
         return 0
 
     cdef inline void _put(self, uint64_t key, int64_t c) noexcept nogil:
@@ -859,7 +923,7 @@ cdef class NgramTable:
             if self.slots[h].key == key:
                 self.slots[h].count += c
                 return
-            if self.slots[h].key == _EMPTY:
+            if self.slots[h].key == _NO_WINDOW:
                 self.slots[h].key = key
                 self.slots[h].count = c
                 self.size += 1
@@ -888,9 +952,9 @@ cdef class NgramTable:
                 ln = order if ce - ahead >= order else <int>(ce - ahead)
                 for k in range(ln):
                     body |= (<uint64_t>x[ahead + k]) << (56 - 8 * k)
-                key = _mix(body | <uint64_t>ln)
-                if parts == 1 or (key >> 32) % parts == part:
-                    KX_PREFETCH(&self.slots[<int64_t>(key & <uint64_t>(self.cap - 1))])
+                key = body | <uint64_t>ln
+                if parts == 1 or _part(key, parts) == part:
+                    KX_PREFETCH(&self.slots[<int64_t>(_mix(key) & <uint64_t>(self.cap - 1))])
             ln = order
             if ce - i < ln:
                 ln = <int>(ce - i)
@@ -898,7 +962,7 @@ cdef class NgramTable:
             for k in range(ln):
                 body |= (<uint64_t>x[i + k]) << (56 - 8 * k)
             key = body | <uint64_t>ln
-            if parts > 1 and (_mix(key) >> 32) % parts != part:
+            if parts > 1 and _part(key, parts) != part:
                 continue
             if self._add(key, 1) < 0:
                 return -1
@@ -973,14 +1037,14 @@ cdef class NgramTable:
             raise ValueError("keys and counts must have the same length")
         with nogil:
             for i in range(n):
-                if keys[i] == _EMPTY:
+                if keys[i] == _NO_WINDOW:
                     rc = -2
                     break
                 rc = self._add(keys[i], counts[i])
                 if rc < 0:
                     break
         if rc == -2:
-            raise ValueError("0xFFFFFFFFFFFFFFFF is not a packed n-gram")
+            raise ValueError("key 0 (the empty gram) is not a window")
         if rc < 0:
             raise MemoryError("n-gram table")
 
@@ -992,7 +1056,7 @@ cdef class NgramTable:
             raise ValueError("cannot merge a table into itself")
         with nogil:
             for i in range(other.cap):
-                if other.slots[i].key != _EMPTY:
+                if other.slots[i].key != _NO_WINDOW:
                     rc = self._add(other.slots[i].key, other.slots[i].count)
                     if rc < 0:
                         break
@@ -1006,7 +1070,7 @@ cdef class NgramTable:
             raise ValueError(f"output arrays must have length {self.size}")
         with nogil:
             for i in range(self.cap):
-                if self.slots[i].key != _EMPTY:
+                if self.slots[i].key != _NO_WINDOW:
                     keys_out[j] = self.slots[i].key
                     counts_out[j] = self.slots[i].count
                     j += 1
@@ -1020,14 +1084,177 @@ cdef class NgramTable:
         if rc < 0:
             raise MemoryError("sort of the n-gram table")
 
+    def pruned_grams(self, int64_t min_count):
+        """Consume the table: its n-gram counts with ``|g| <= 1`` or ``c(g) >= min_count`` and the empty gram.
+
+        The slots are compacted, shrunk, radix-sorted and scanned in place (``prune_windows`` without a
+        copy), then released. Returns unsorted ``(keys, counts)``. Exact for a table that holds every window
+        of its grams: the whole corpus, or one class of ``add_texts(parts=...)``, where the counts of the
+        grams of at most one byte are partial and must be summed over the classes.
+        """
+        cdef int64_t i, j = 0, n = self.size, m = -1
+        cdef uint64_t* ok = NULL
+        cdef int64_t* oc = NULL
+        cdef int rc = 0
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        try:
+            with nogil:
+                for i in range(self.cap):
+                    if self.slots[i].key != _NO_WINDOW:
+                        self.slots[j] = self.slots[i]
+                        j += 1
+                # give back the pages past the compacted slots; the hash layout is gone from here on
+                kx_discard(&self.slots[n], self.mapped - n * sizeof(WinSlot))
+                self.cap = 0
+                rc = _sort_slots(self.slots, n, 56)
+                if rc == 0:
+                    m = _prune_scan(self.slots, n, min_count, &ok, &oc)
+            if rc < 0 or m < 0:
+                raise MemoryError("pruned n-gram counts")
+            return _pairs_to_numpy(ok, oc, m)
+        finally:
+            free(ok)
+            free(oc)
+            self.clear()
+
     def clear(self):
         """Drop every count and release the memory (down to the initial 1024 slots)."""
-        free(self.slots)
+        kx_unmap(self.slots, self.mapped)
         self.slots = NULL
+        self.mapped = 0
         self.cap = 0
         self.size = 0
         if self._alloc(1024) < 0:
             raise MemoryError("n-gram table")
+
+
+cdef int _sort_slots(WinSlot* a, int64_t n, int shift) noexcept nogil:
+    """Sort slots by key in place, without scratch memory: MSD radix sort ("American flag" sort) on the
+    byte at ``shift`` and below; small ranges by insertion sort. Always returns 0."""
+    cdef int64_t count[256]
+    cdef int64_t nxt[256]
+    cdef int64_t end[256]
+    cdef int64_t i, j, pos
+    cdef int b, d
+    cdef WinSlot v, t
+    if n < 32:
+        for i in range(1, n):
+            v = a[i]
+            j = i - 1
+            while j >= 0 and a[j].key > v.key:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = v
+        return 0
+    memset(count, 0, sizeof(count))
+    for i in range(n):
+        count[(a[i].key >> shift) & 0xFF] += 1
+    pos = 0
+    for b in range(256):
+        nxt[b] = pos
+        pos += count[b]
+        end[b] = pos
+    for b in range(256):
+        while nxt[b] < end[b]:
+            v = a[nxt[b]]
+            d = <int>((v.key >> shift) & 0xFF)
+            while d != b:
+                t = a[nxt[d]]
+                a[nxt[d]] = v
+                nxt[d] += 1
+                v = t
+                d = <int>((v.key >> shift) & 0xFF)
+            a[nxt[b]] = v
+            nxt[b] += 1
+    if shift > 0:
+        pos = 0
+        for b in range(256):
+            if count[b] > 1:
+                _sort_slots(a + pos, count[b], shift - 8)
+            pos += count[b]
+    return 0
+
+
+cdef int64_t _prune_scan(const WinSlot* w, int64_t n, int64_t min_count, uint64_t** out_keys,
+                         int64_t** out_counts) noexcept nogil:
+    """Post-order scan of sorted windows: the grams with ``|g| <= 1`` or ``c(g) >= min_count`` and the
+    empty gram (key 0, count = number of windows), unsorted, in malloc'd arrays. -1 on allocation failure."""
+    cdef int64_t i, m = 0, cap = 1024, root = 0
+    cdef int64_t cnt[8]
+    cdef uint64_t key[8]
+    cdef int depth = 0, ln = 0, c, j
+    cdef uint64_t body = 0, prev = 0, mask
+    cdef uint64_t* ok = <uint64_t*>malloc(cap * sizeof(uint64_t))
+    cdef int64_t* oc = <int64_t*>malloc(cap * sizeof(int64_t))
+    cdef void* tmp
+    if ok == NULL or oc == NULL:
+        free(ok)
+        free(oc)
+        return -1
+    for i in range(n + 1):
+        if i < n:
+            ln = <int>(w[i].key & 0xFF)
+            body = w[i].key & ~(<uint64_t>0xFF)
+            c = 0
+            while c < depth and c < ln and ((body >> (56 - 8 * c)) & 0xFF) == ((prev >> (56 - 8 * c)) & 0xFF):
+                c += 1
+        else:
+            c = 0
+        # close the open grams longer than the common prefix (deepest first)
+        j = depth
+        while j > c:
+            if j <= 1 or cnt[j] >= min_count:
+                if m + 2 > cap:
+                    cap *= 2
+                    tmp = realloc(ok, cap * sizeof(uint64_t))
+                    if tmp == NULL:
+                        free(ok)
+                        free(oc)
+                        return -1
+                    ok = <uint64_t*>tmp
+                    tmp = realloc(oc, cap * sizeof(int64_t))
+                    if tmp == NULL:
+                        free(ok)
+                        free(oc)
+                        return -1
+                    oc = <int64_t*>tmp
+                ok[m] = key[j]
+                oc[m] = cnt[j]
+                m += 1
+            j -= 1
+        if i == n:
+            break
+        for j in range(c + 1, ln + 1):
+            mask = (~(<uint64_t>0)) << (64 - 8 * j)
+            key[j] = (body & mask) | <uint64_t>j
+            cnt[j] = 0
+        depth = ln
+        prev = body
+        root += w[i].count
+        for j in range(1, ln + 1):
+            cnt[j] += w[i].count
+    ok[m] = 0
+    oc[m] = root
+    m += 1
+    out_keys[0] = ok
+    out_counts[0] = oc
+    return m
+
+
+cdef tuple _pairs_to_numpy(uint64_t* ok, int64_t* oc, int64_t m):
+    import numpy as np
+
+    cdef uint64_t[::1] kv
+    cdef int64_t[::1] cv
+    keys = np.empty(m, np.uint64)
+    counts = np.empty(m, np.int64)
+    kv = keys
+    cv = counts
+    if m > 0:
+        memcpy(&kv[0], ok, m * sizeof(uint64_t))
+        memcpy(&cv[0], oc, m * sizeof(int64_t))
+    return keys, counts
 
 
 def sort_pairs(uint64_t[::1] keys, int64_t[::1] counts):
@@ -1050,19 +1277,11 @@ def prune_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, int64_t
     ``c(g) >= min_count``, without materialising the unkept ones: a gram's count is final when the scan
     over the sorted windows leaves its subtree (post-order), and it is emitted then.
     """
-    import numpy as np
-
-    cdef int64_t n = wkeys.shape[0], i, m = 0, cap = 1024
-    cdef int64_t cnt[8]
-    cdef uint64_t key[8]
-    cdef int depth = 0, ln, c, j, rc = 0
-    cdef uint64_t body, prev = 0, mask
-    cdef int64_t root = 0
+    cdef int64_t n = wkeys.shape[0], i, m
+    cdef WinSlot* w
     cdef uint64_t* ok = NULL
     cdef int64_t* oc = NULL
-    cdef void* tmp
-    cdef uint64_t[::1] kv
-    cdef int64_t[::1] cv
+    cdef int rc = 0
     if wcounts.shape[0] != n:
         raise ValueError("keys and counts must have the same length")
     if min_count < 1:
@@ -1072,68 +1291,22 @@ def prune_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, int64_t
             raise ValueError("window keys must be sorted and unique")
         if (wkeys[i] & 0xFF) > 7:
             raise ValueError("window keys must have length <= 7")
-    ok = <uint64_t*>malloc(cap * sizeof(uint64_t))
-    oc = <int64_t*>malloc(cap * sizeof(int64_t))
+    w = <WinSlot*>malloc((n + 1) * sizeof(WinSlot))
+    if w == NULL:
+        raise MemoryError()
     try:
-        if ok == NULL or oc == NULL:
-            raise MemoryError()
         with nogil:
-            for i in range(n + 1):
-                if i < n:
-                    ln = <int>(wkeys[i] & 0xFF)
-                    body = wkeys[i] & ~(<uint64_t>0xFF)
-                    c = 0
-                    while c < depth and c < ln and ((body >> (56 - 8 * c)) & 0xFF) == ((prev >> (56 - 8 * c)) & 0xFF):
-                        c += 1
-                else:
-                    c = 0
-                # close the open grams longer than the common prefix (deepest first)
-                j = depth
-                while j > c:
-                    if j <= 1 or cnt[j] >= min_count:
-                        if m + 2 > cap:
-                            cap *= 2
-                            tmp = realloc(ok, cap * sizeof(uint64_t))
-                            if tmp == NULL:
-                                rc = -1
-                                break
-                            ok = <uint64_t*>tmp
-                            tmp = realloc(oc, cap * sizeof(int64_t))
-                            if tmp == NULL:
-                                rc = -1
-                                break
-                            oc = <int64_t*>tmp
-                        ok[m] = key[j]
-                        oc[m] = cnt[j]
-                        m += 1
-                    j -= 1
-                if rc < 0 or i == n:
-                    break
-                for j in range(c + 1, ln + 1):
-                    mask = (~(<uint64_t>0)) << (64 - 8 * j)
-                    key[j] = (body & mask) | <uint64_t>j
-                    cnt[j] = 0
-                depth = ln
-                prev = body
-                root += wcounts[i]
-                for j in range(1, ln + 1):
-                    cnt[j] += wcounts[i]
-            if rc == 0:
-                ok[m] = 0
-                oc[m] = root
-                m += 1
+            for i in range(n):
+                w[i].key = wkeys[i]
+                w[i].count = wcounts[i]
+            m = _prune_scan(w, n, min_count, &ok, &oc)
+            if m >= 0:
                 rc = _radix_sort_pairs(ok, oc, m)
-        if rc < 0:
+        if m < 0 or rc < 0:
             raise MemoryError("pruned n-gram counts")
-        keys = np.empty(m, np.uint64)
-        counts = np.empty(m, np.int64)
-        kv = keys
-        cv = counts
-        for i in range(m):
-            kv[i] = ok[i]
-            cv[i] = oc[i]
-        return keys, counts
+        return _pairs_to_numpy(ok, oc, m)
     finally:
+        free(w)
         free(ok)
         free(oc)
 

@@ -306,10 +306,10 @@ def _mix(key: int) -> int:
 
 
 def window_part(key: int, parts: int) -> int:
-    """The hash class in ``range(parts)`` of a packed window (see ``NgramTable.add_texts``)."""
+    """The class in ``range(parts)`` of a packed window: a hash of its first two bytes."""
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
-    return (_mix(key) >> 32) % parts
+    return (_mix(key >> 48) >> 32) % parts
 
 
 class NgramTable:
@@ -336,6 +336,8 @@ class NgramTable:
     def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
         if len(keys) != len(counts):
             raise ValueError("keys and counts must have the same length")
+        if np.any(np.asarray(keys) == 0):
+            raise ValueError("key 0 (the empty gram) is not a window")
         c = self._counts
         for k, v in zip(keys.tolist(), counts.tolist()):
             c[k] = c.get(k, 0) + v
@@ -387,6 +389,15 @@ class NgramTable:
         for k, v in other._counts.items():
             c[k] = c.get(k, 0) + v
 
+    def pruned_grams(self, min_count: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self._counts)
+        keys, counts = np.empty(n, np.uint64), np.empty(n, np.int64)
+        self.export_sorted(keys, counts)
+        self.clear()
+        if n == 0:
+            return np.zeros(1, np.uint64), np.zeros(1, np.int64)
+        return prune_windows(keys, counts, min_count)
+
     def clear(self) -> None:
         self._counts = {}
 
@@ -420,6 +431,11 @@ def expand_windows(
         out_keys[i] = k
         out_counts[i] = c[k]
     return len(keys)
+
+
+def release_memory() -> bool:
+    """No C heap to trim in the reference."""
+    return False
 
 
 def sort_pairs(keys: np.ndarray, counts: np.ndarray) -> None:

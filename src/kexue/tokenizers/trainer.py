@@ -320,22 +320,29 @@ class Trainer:
             raise ValueError("the corpus is empty: no text to train on")
         self.stats["windows_counted"] = n
         self.stats["window_table_bytes"] = sum(t.nbytes for t in tables)
-        wkeys, wcounts = np.empty(n, np.uint64), np.empty(n, np.int64)
-        pos = 0
-        for t in tables:
-            m = len(t)
-            t.export(wkeys[pos : pos + m], wcounts[pos : pos + m])
-            pos += m
-            t.clear()
+        # each table holds every window of its grams (>= 2 bytes): prune them apart, in parallel; the
+        # counts of the empty gram and the single bytes are partial and are summed below
+        if len(tables) > 1:
+            with ThreadPoolExecutor(max_workers=len(tables)) as pool:
+                parts = list(pool.map(lambda t: t.pruned_grams(self.min_count), tables))
+        else:
+            parts = [tables[0].pruned_grams(self.min_count)]
         tables.clear()
-        mod.sort_pairs(wkeys, wcounts)
-        keys, counts = mod.prune_windows(wkeys, wcounts, self.min_count)
-        del wkeys, wcounts
+        mod.release_memory()
+        keys = np.concatenate([k for k, _ in parts])
+        counts = np.concatenate([c for _, c in parts])
+        del parts
+        mod.sort_pairs(keys, counts)
+        if np.any(keys[1:] == keys[:-1]):
+            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+            counts = np.add.reduceat(counts, starts).astype(np.int64)
+            keys = keys[starts]
         lm = build_lm(NgramCounts(keys, counts), order, self.min_count)
         del keys, counts
         self.lm = lm
         self.stats["ngrams_kept"] = len(lm)
         t1 = time.perf_counter()
+        seg = None
         if backend == "ray":
             counter = mod.PieceCounter()
             lm_ref = ray.put(lm)
@@ -370,6 +377,8 @@ class Trainer:
             del counters
         pieces = counter.to_dict()
         del counter
+        seg = None  # noqa: F841  (frees the LM's hash table before the C heap is trimmed)
+        mod.release_memory()
         self.piece_counts = pieces
         self.stats["pieces_counted"] = len(pieces)
         t2 = time.perf_counter()
