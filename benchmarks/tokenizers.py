@@ -82,10 +82,17 @@ def corpus(quick: bool) -> tuple[list[str], dict[str, list[str]]]:
 # --- trainers, each run in a fresh process -------------------------------------------------------
 
 
+def _min_count(lines) -> int:
+    return 8 if len(lines) > 50_000 else 3
+
+
 def _train_ours(lines, vocab, workers, out):
+    """Our recommended settings: order 7 and a segmentation LM pruned at twice the piece min_count
+    (chosen on text outside both the training and the held-out sets)."""
     from kexue.tokenizers import Trainer
 
-    Trainer(order=6, max_vocab_size=vocab, min_count=8 if len(lines) > 50_000 else 3).train(
+    mc = _min_count(lines)
+    Trainer(order=7, max_vocab_size=vocab, min_count=mc, lm_min_count=2 * mc).train(
         lines, workers=workers
     ).save(out)
 
@@ -96,7 +103,7 @@ def _train_bytepiece(lines, vocab, workers, out):
     import bytepiece
 
     mp.set_start_method("fork", force=True)  # bytepiece's pool pickles local functions: fork only
-    t = bytepiece.Trainer(order=6, max_vocab_size=vocab, min_count=8 if len(lines) > 50_000 else 3)
+    t = bytepiece.Trainer(order=6, max_vocab_size=vocab, min_count=_min_count(lines))  # its defaults
     with contextlib.redirect_stderr(io.StringIO()):
         t.train(lines, workers=workers)
     t.save(out)
@@ -209,6 +216,12 @@ def measure(fn, *args):
     return wall, cpu, peak, peak - base
 
 
+def measure_median(repeats, fn, *args):
+    """:func:`measure` ``repeats`` times; the median of each number."""
+    runs = [measure(fn, *args) for _ in range(repeats)]
+    return tuple(statistics.median(r[i] for r in runs) for i in range(4))
+
+
 # --- encoding --------------------------------------------------------------------------------------
 
 
@@ -228,6 +241,9 @@ def main() -> None:
         "--vocab", type=int, default=None, help="target vocabulary size (default 16000, quick 4000)"
     )
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="training runs of ours and SentencePiece (medians reported)"
+    )
     ap.add_argument("--skip-bytepiece-training", action="store_true", help="the original trainer is slow")
     args = ap.parse_args()
     vocab = args.vocab or (4000 if args.quick else 16000)
@@ -245,7 +261,9 @@ def main() -> None:
     encoders: dict[str, tuple] = {}
 
     os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # HF tokenizers: the same parallelism
-    wall, cpu, rss, drss = measure(_train_ours, train, vocab, args.workers, str(tmp / "ours.json"))
+    wall, cpu, rss, drss = measure_median(
+        args.repeats, _train_ours, train, vocab, args.workers, str(tmp / "ours.json")
+    )
     ours = Tokenizer(tmp / "ours.json")
     final = ours.vocab_size
     print(f"ours: final vocabulary {final} (target {vocab})")
@@ -299,7 +317,7 @@ def main() -> None:
 
         for label, mt in (("SentencePiece BPE", "bpe"), ("SentencePiece Unigram", "unigram")):
             prefix = str(tmp / mt)
-            w, c, r, dr = measure(_train_sp, train, final, mt, prefix, args.workers)
+            w, c, r, dr = measure_median(args.repeats, _train_sp, train, final, mt, prefix, args.workers)
             sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
             rows[label] = {"train_wall": w, "train_cpu": c, "rss": r, "+rss": dr}
             encoders[label] = (sp.encode, lambda lines, sp=sp: sp.encode(lines, num_threads=os.cpu_count()))
@@ -324,9 +342,12 @@ def main() -> None:
     all_lines = [s for t in tests.values() for s in t]
     nbytes = sum(len(s.encode()) for s in all_lines)
     for label, (enc, _batch) in encoders.items():
+        total = 0
         for name, test in tests.items():
             n = sum(len(enc(s)) for s in test)
+            total += n
             rows[label][f"bpt {name}"] = sum(len(s.encode()) for s in test) / n
+        rows[label]["bpt all"] = nbytes / total
     single = {k: [] for k in encoders}
     batched = {k: [] for k in encoders}
     for _ in range(3):  # interleaved repeats
@@ -357,7 +378,7 @@ def main() -> None:
     cols = (
         ["train_wall", "train_cpu", "rss", "+rss"]
         + [f"bpt {n}" for n in tests]
-        + ["MBps single", "MBps batch"]
+        + ["bpt all", "MBps single", "MBps batch"]
     )
     print(
         f"\nall at vocabulary {final}; time/memory ratios peer/ours (>1: ours better), "

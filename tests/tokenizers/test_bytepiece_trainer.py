@@ -204,3 +204,26 @@ def test_bad_input():
         t.train(["abc"], backend="spark")
     with pytest.raises(ValueError, match="workers"):
         t.train(["abc"], workers=0)
+
+
+def test_lm_min_count_prunes_the_lm_apart_from_the_pieces(corpus):
+    from kexue.tokenizers.reference import count_all_ngrams, pack_gram
+    from kexue.tokenizers.text import training_chunks
+
+    small = corpus[:60] + corpus[-120:]
+    a = Trainer(order=5, max_vocab_size=500, min_count=2, lm_min_count=6, core="compiled")
+    b = Trainer(order=5, max_vocab_size=500, min_count=2, lm_min_count=6, core="python")
+    ta, tb = a.train(small), b.train(small, workers=2)
+    assert vocab(ta) == vocab(tb) and (a.lm.keys == b.lm.keys).all() and (a.lm.L == b.lm.L).all()
+    direct = count_all_ngrams([c for t in small for c in training_chunks(t)], 5)
+    kept = {g for g, c in direct.items() if len(g) == 1 or (len(g) >= 1 and c >= 6)}
+    assert set(a.lm.keys.tolist()) == {pack_gram(g) for g in kept} | {(b << 56) | 1 for b in range(256)}
+    plain = Trainer(order=5, max_vocab_size=500, min_count=2)
+    plain.train(small)
+    assert len(a.lm) < len(plain.lm)  # a sparser LM than the default (lm_min_count = min_count)
+    assert all(c >= 2 for p, c in a.vocabularies[0].items() if len(p) > 1)  # pieces: min_count
+    assert ta.trainer_options["lm_min_count"] == 6 and plain.options()["lm_min_count"] == 2
+    with pytest.raises(ValueError, match="lm_min_count"):
+        Trainer(lm_min_count=0)
+    with pytest.raises(TypeError, match="lm_min_count"):
+        Trainer(lm_min_count="3")

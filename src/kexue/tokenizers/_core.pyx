@@ -23,7 +23,7 @@ import gc
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
-from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.math cimport INFINITY, exp, log
@@ -512,20 +512,23 @@ cdef class _Work:
         return 0
 
 
-cdef list _int_list(const int32_t* a, int64_t n, int32_t offset, int32_t bos, int32_t eos):
+cdef list _int_list(const int32_t* a, int64_t n, int32_t offset, int32_t bos, int32_t eos, list ints):
+    """``[bos] + [a[i] + offset] + [eos]`` (bos/eos only when >= 0) as a list of Python ints, reusing the
+    int objects of ``ints`` (``ints[k] == k + offset``) instead of allocating one per token."""
     cdef int64_t extra = (1 if bos >= 0 else 0) + (1 if eos >= 0 else 0)
     cdef list out = PyList_New(n + extra)
     cdef int64_t i, j = 0
     cdef object o
+    cdef PyObject* cached
     if bos >= 0:
         o = bos
         Py_INCREF(o)
         PyList_SET_ITEM(out, j, o)
         j += 1
     for i in range(n):
-        o = a[i] + offset
-        Py_INCREF(o)
-        PyList_SET_ITEM(out, j, o)
+        cached = PyList_GET_ITEM(ints, a[i])
+        Py_INCREF(<object>cached)
+        PyList_SET_ITEM(out, j, <object>cached)
         j += 1
     if eos >= 0:
         o = eos
@@ -542,9 +545,19 @@ cdef class UnigramCore:
     cdef Lattice lat
     cdef public int64_t num_pieces
     cdef list pieces
+    cdef list _ints  # Python ints ``k + _ints_offset`` for every piece index ``k``
+    cdef int32_t _ints_offset
 
     def __cinit__(self):
         self.logp = NULL
+        self._ints = None
+        self._ints_offset = 0
+
+    cdef list _ids(self, int32_t offset):
+        if self._ints is None or self._ints_offset != offset:
+            self._ints = list(range(offset, offset + self.num_pieces))
+            self._ints_offset = offset
+        return self._ints
 
     def __init__(self, list pieces, const double[::1] logp):
         cdef Py_ssize_t i, n = len(pieces)
@@ -587,7 +600,7 @@ cdef class UnigramCore:
         _rng_seed(&rng, seed, stream)
         with nogil:
             cnt = _encode(&self.lat, x, n, chunked, sample, alpha, &rng, &w.b, w.out)
-        return _int_list(w.out, cnt, offset, bos, eos)
+        return _int_list(w.out, cnt, offset, bos, eos, self._ids(offset))
 
     def tokenize(self, bytes data, bint chunked=True, bint sample=False, double alpha=0.0,
                  uint64_t seed=0, uint64_t stream=0):
@@ -648,6 +661,7 @@ cdef class UnigramCore:
                     counts[i] = _encode(&self.lat, ptrs[i], lens[i], chunked, sample, alpha, &rng, &w.b,
                                         outs + pos)
                     pos += counts[i]
+            ints = self._ids(offset)
             # lists of ints hold no cycles: keep the cyclic GC from re-scanning them while they are built
             gc_was_enabled = gc.isenabled()
             gc.disable()
@@ -655,7 +669,7 @@ cdef class UnigramCore:
                 result = PyList_New(m)
                 pos = 0
                 for i in range(m):
-                    o = _int_list(outs + pos, counts[i], offset, bos, eos)
+                    o = _int_list(outs + pos, counts[i], offset, bos, eos, ints)
                     Py_INCREF(o)
                     PyList_SET_ITEM(result, i, o)
                     pos += counts[i]

@@ -52,11 +52,15 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the model.")],
     order: Annotated[int, typer.Option(help="Order of the byte n-gram LM (1..7).")] = 6,
     min_count: Annotated[int, typer.Option(help="Minimum count of kept n-grams and pieces.")] = 2,
+    lm_min_count: Annotated[
+        int | None,
+        typer.Option(help="Minimum count of the n-grams of the segmentation LM (default: --min-count)."),
+    ] = None,
     max_piece_length: Annotated[int, typer.Option(help="Longest multi-byte piece, in bytes.")] = 36,
     isolate_digits: Annotated[bool, typer.Option(help="Never join a digit to anything.")] = False,
     ensure_unicode: Annotated[bool, typer.Option(help="No piece starts inside a UTF-8 character.")] = True,
-    workers: Annotated[int, typer.Option(help="Processes counting the corpus shards.")] = 1,
-    backend: Annotated[str, typer.Option(help="'local' (processes) or 'ray'.")] = "local",
+    workers: Annotated[int, typer.Option(help="Threads (or Ray tasks) counting the corpus.")] = 1,
+    backend: Annotated[str, typer.Option(help="'local' (threads) or 'ray'.")] = "local",
     format: Annotated[str, typer.Option(help="'kexue' or 'bytepiece' (original JSON).")] = "kexue",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -69,6 +73,7 @@ def train(
             max_vocab_size=vocab_size,
             max_piece_length=max_piece_length,
             min_count=min_count,
+            lm_min_count=lm_min_count,
             isolate_digits=isolate_digits,
             ensure_unicode=ensure_unicode,
         )

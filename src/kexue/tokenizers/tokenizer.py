@@ -268,8 +268,10 @@ class Tokenizer:
             num_threads = 1
         bos, eos = (BOS_ID if add_bos else -1), (EOS_ID if add_eos else -1)
         n = len(datas)
-        slices = min(num_threads, max(1, n // 8))
-        if slices <= 1:
+        threads = min(num_threads, max(1, n // 8))
+        # several slices per thread: while one thread builds its Python lists (GIL held), the others encode
+        slices = min(4 * threads, max(1, n // 8))
+        if threads <= 1:
             return self._core.encode_many(datas, True, sample, a, s, 0, NUM_SPECIAL, bos, eos)
         bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
 
@@ -277,7 +279,7 @@ class Tokenizer:
             lo, hi = bounds[k], bounds[k + 1]
             return self._core.encode_many(datas[lo:hi], True, sample, a, s, lo, NUM_SPECIAL, bos, eos)
 
-        with ThreadPoolExecutor(max_workers=slices) as pool:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
             parts = list(pool.map(run, range(slices)))
         return [ids for part in parts for ids in part]
 
