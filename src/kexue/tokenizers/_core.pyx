@@ -343,14 +343,16 @@ cdef DoubleArray _reversed_trie(list keys):
     import array
 
     cdef DoubleArray trie = DoubleArray()
-    rev = sorted([(k[::-1], i) for i, k in enumerate(keys)])
-    buf = b"".join([r[0] for r in rev])
+    rev = [k[::-1] for k in keys]
+    order = sorted(range(len(rev)), key=rev.__getitem__)
+    ordered = [rev[i] for i in order]
+    buf = b"".join(ordered)
     offsets = array.array("q", [0])
     pos = 0
-    for r in rev:
-        pos += len(r[0])
+    for r in ordered:
+        pos += len(r)
         offsets.append(pos)
-    trie.build(buf, offsets, array.array("i", [r[1] for r in rev]))
+    trie.build(buf, offsets, array.array("i", order))
     return trie
 
 

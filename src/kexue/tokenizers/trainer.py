@@ -197,8 +197,9 @@ class Trainer:
     """BytePiece trainer (options as in ``bytepiece.Trainer``).
 
     ``lm_min_count`` (default ``min_count``, as in BytePiece) prunes the n-grams of the segmentation LM
-    separately from the pieces: a sparser LM (e.g. ``2 * min_count``) cuts text into longer, more reusable
-    pieces; on the mixed benchmark corpus it raised compression by 6-8% (see ``benchmarks/tokenizers.py``).
+    separately from the pieces. A sparser LM (``2 * min_count``) gives more reusable pieces: on the mixed
+    6 MB benchmark corpus (vocabulary 16k) bytes/token on held-out English rose from 3.37 to 4.02 and on
+    Python code from 3.43 to 3.97, Chinese from 4.62 to 4.51 (``benchmarks/tokenizers.py``).
 
     ``max_vocab_size`` counts the 3 special tokens and may be a list (one model per size, trained
     together); the final size can be below the target. ``order <= 7`` (n-grams are packed in 64 bits).
