@@ -354,6 +354,7 @@ def main() -> None:
     for _ in range(3):  # interleaved repeats
         for label, (enc, batch) in encoders.items():
             single[label].append(cpu_time(lambda enc=enc: [enc(s) for s in all_lines], 1))
+            time.sleep(0.3)  # let the previous library's worker threads (rayon spins) go idle
             t0 = time.perf_counter()
             batch(all_lines)
             batched[label].append(time.perf_counter() - t0)
