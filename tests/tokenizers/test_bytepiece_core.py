@@ -389,3 +389,26 @@ def test_pruned_grams_of_the_classes_sum_to_the_whole(items, order, parts, min_c
             else:
                 assert set(keys.tolist()) == ref_keys
     assert sorted(got.items()) == list(zip(expected[0].tolist(), expected[1].tolist()))
+
+
+@FAST
+@given(extra=vocab_strategy(), drop=st.lists(st.booleans(), min_size=12, max_size=12), data=texts)
+def test_removing_pieces_by_minus_infinity_equals_a_smaller_vocabulary(extra, drop, data):
+    pieces, logp = make_vocab(extra)
+    multi = [i for i, p in enumerate(pieces) if len(p) > 1]
+    removed = {i for i, d in zip(multi, drop) if d}
+    kept = [i for i in range(len(pieces)) if i not in removed]
+    for mod in (core, ref):
+        small = mod.UnigramCore([pieces[i] for i in kept], np.ascontiguousarray(logp[kept]))
+        big = mod.UnigramCore(pieces, logp)
+        masked = logp.copy()
+        masked[sorted(removed)] = -np.inf
+        big.set_logp(np.ascontiguousarray(masked))
+        got = [pieces[i] for i in big.encode(data)]
+        assert got == [pieces[kept[i]] for i in small.encode(data)]
+        with pytest.raises(ValueError, match="single byte"):
+            bad = masked.copy()
+            bad[pieces.index(b"a")] = -np.inf
+            big.set_logp(np.ascontiguousarray(bad))
+        with pytest.raises(ValueError, match="finite"):
+            big.set_logp(np.full(len(pieces), np.nan))

@@ -587,6 +587,22 @@ cdef class UnigramCore:
     def __dealloc__(self):
         free(self.logp)
 
+    def set_logp(self, const double[::1] logp):
+        """Replace the log-probabilities; ``-inf`` removes a piece (every single byte must stay finite)."""
+        cdef Py_ssize_t i, n = self.num_pieces
+        cdef int32_t v
+        if logp.shape[0] != n:
+            raise ValueError(f"logp has {logp.shape[0]} entries but there are {n} pieces")
+        for i in range(n):
+            if logp[i] != logp[i] or logp[i] == INFINITY:
+                raise ValueError(f"logp[{i}] must be finite or -inf, got {logp[i]}")
+        for i in range(256):
+            v = self.trie.lookup(bytes([i]))
+            if logp[v] == -INFINITY:
+                raise ValueError(f"the single byte {bytes([i])!r} cannot be removed")
+        for i in range(n):
+            self.logp[i] = logp[i]
+
     @property
     def max_piece_length(self):
         return self.trie.max_depth

@@ -156,6 +156,18 @@ class UnigramCore:
             if bytes([i]) not in self._index:
                 raise ValueError(f"the vocabulary must contain every single byte; {bytes([i])!r} is missing")
 
+    def set_logp(self, logp: Sequence[float]) -> None:
+        if len(logp) != self.num_pieces:
+            raise ValueError(f"logp has {len(logp)} entries but there are {self.num_pieces} pieces")
+        values = [float(v) for v in logp]
+        for i, v in enumerate(values):
+            if math.isnan(v) or v == math.inf:
+                raise ValueError(f"logp[{i}] must be finite or -inf, got {v}")
+        for i in range(256):
+            if values[self._index[bytes([i])]] == _NEG_INF:
+                raise ValueError(f"the single byte {bytes([i])!r} cannot be removed")
+        self._logp = values
+
     def _lattice(self, x: bytes, sample: bool, alpha: float, rng: Rng) -> list[int]:
         n = len(x)
         score = [0.0] * (n + 1)
