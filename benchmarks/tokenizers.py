@@ -22,6 +22,8 @@ compresses better). Peers that are not installed are skipped with a message.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import io
 import multiprocessing as mp
 import os
@@ -226,13 +228,34 @@ def measure_median(repeats, fn, *args):
 # --- encoding --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def no_gc():
+    """As ``timeit`` does: collect first, then keep the cyclic GC out of the timed region (a full
+    collection of this process, which holds the whole corpus, would land on whichever library happens to
+    allocate when it triggers)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def cpu_time(fn, repeats=5):
     times = []
     for _ in range(repeats):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
+        with no_gc():
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
     return statistics.median(times)
+
+
+def wall_time(fn) -> float:
+    with no_gc():
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -355,9 +378,7 @@ def main() -> None:
         for label, (enc, batch) in encoders.items():
             single[label].append(cpu_time(lambda enc=enc: [enc(s) for s in all_lines], 1))
             time.sleep(0.3)  # let the previous library's worker threads (rayon spins) go idle
-            t0 = time.perf_counter()
-            batch(all_lines)
-            batched[label].append(time.perf_counter() - t0)
+            batched[label].append(wall_time(lambda batch=batch: batch(all_lines)))
     for label in encoders:
         rows[label]["MBps single"] = nbytes / statistics.median(single[label]) / 1e6
         rows[label]["MBps batch"] = nbytes / statistics.median(batched[label]) / 1e6
@@ -367,9 +388,7 @@ def main() -> None:
         scale: dict[int, list[float]] = {1: [], args.workers: []}
         for _ in range(5):
             for nt in scale:
-                t0 = time.perf_counter()
-                ours.encode_batch(all_lines, num_threads=nt)
-                scale[nt].append(time.perf_counter() - t0)
+                scale[nt].append(wall_time(lambda nt=nt: ours.encode_batch(all_lines, num_threads=nt)))
         t1, tw = statistics.median(scale[1]), statistics.median(scale[args.workers])
         print(
             f"\nkexue encode_batch: 1 thread {nbytes / t1 / 1e6:.1f} MB/s, {args.workers} threads "
