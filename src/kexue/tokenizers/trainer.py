@@ -350,7 +350,6 @@ class Trainer:
         self.lm = lm
         self.stats["ngrams_kept"] = len(lm)
         t1 = time.perf_counter()
-        seg = None
         if backend == "ray":
             counter = mod.PieceCounter()
             lm_ref = ray.put(lm)
@@ -366,26 +365,9 @@ class Trainer:
             ):
                 counter.add_dict(r)
         else:
-            seg = mod.BNLMCore(lm.keys, lm.L, order, self.ensure_unicode)
-            counters = [mod.PieceCounter() for _ in range(workers)]
-            self._local_pass(
-                corpus,
-                shard_chars,
-                progress,
-                "count pieces",
-                total,
-                digits,
-                lambda k, texts: seg.count_texts(texts[k::workers], counters[k]),
-                workers,
-            )
-            counter = counters[0]
-            for other in counters[1:]:
-                counter.merge(other)
-                other.clear()
-            del counters
+            counter = self._count_pieces_local(mod, lm, corpus, workers, shard_chars, progress, total)
         pieces = counter.to_dict()
         del counter
-        seg = None  # noqa: F841  (frees the LM's hash table before the C heap is trimmed)
         mod.release_memory()
         self.piece_counts = pieces
         self.stats["pieces_counted"] = len(pieces)
@@ -404,6 +386,34 @@ class Trainer:
         for tok in tokenizers:
             tok.trainer_options = self.options()
         return tokenizers[0] if self._single else tokenizers
+
+    def _count_pieces_local(
+        self,
+        mod: Any,
+        lm: NgramLM,
+        corpus: Iterable,
+        workers: int,
+        shard_chars: int,
+        progress: bool,
+        total: int | None,
+    ) -> Any:
+        """Pass 2 on threads sharing one LM core, one piece table each, merged into the first."""
+        seg = mod.BNLMCore(lm.keys, lm.L, lm.order, self.ensure_unicode)
+        counters = [mod.PieceCounter() for _ in range(workers)]
+        self._local_pass(
+            corpus,
+            shard_chars,
+            progress,
+            "count pieces",
+            total,
+            self.isolate_digits,
+            lambda k, texts: seg.count_texts(texts[k::workers], counters[k]),
+            workers,
+        )
+        for other in counters[1:]:
+            counters[0].merge(other)
+            other.clear()
+        return counters[0]
 
     @staticmethod
     def _local_pass(
