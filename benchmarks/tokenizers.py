@@ -132,27 +132,20 @@ def _train_sp(lines, vocab, model_type, out, threads=1):
 def _train_hf(lines, vocab, kind, out):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    # byte-level, no pre-splitting; only the model and its trainer differ
     if kind == "bpe":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab,
-            special_tokens=["<pad>", "<bos>", "<eos>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
+        tok, make, extra = Tokenizer(models.BPE()), trainers.BpeTrainer, {}
     else:
-        tok = Tokenizer(models.Unigram())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab,
-            special_tokens=["<pad>", "<bos>", "<eos>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-            unk_token="<pad>",
-        )
+        tok, make, extra = Tokenizer(models.Unigram()), trainers.UnigramTrainer, {"unk_token": "<pad>"}
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = make(
+        vocab_size=vocab,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        **extra,
+    )
     tok.train_from_iterator(lines, trainer=trainer)
     tok.save(out)
 

@@ -1008,20 +1008,23 @@ cdef class NgramTable:
         """Bytes held by the hash table."""
         return self.cap * 16
 
-    def add_chunks(self, list chunks, int order):
-        """Count the windows of every chunk (``bytes``); windows never cross a chunk's end."""
+    cdef int _add_items(self, list items, str what, int order, int64_t max_chars, int64_t max_newlines,
+                        uint64_t part, uint64_t parts, bint whole) except -1:
+        """Count the windows of every item without the GIL; ``whole``: each item is one chunk."""
         cdef const uint8_t** ptrs = NULL
         cdef int64_t* lens = NULL
-        cdef Py_ssize_t m = len(chunks), ci
+        cdef Py_ssize_t m = len(items), ci
         cdef int rc = 0
         if order < 1 or order > 7:
             raise ValueError(f"order must be in [1, 7], got {order}")
-        _bytes_list(chunks, "chunk", &ptrs, &lens)
+        _bytes_list(items, what, &ptrs, &lens)
         try:
             with nogil:
                 for ci in range(m):
-                    # a chunk is its own chunk: caps larger than it never split it
-                    rc = self._count_windows(ptrs[ci], lens[ci], order, lens[ci] + 1, lens[ci] + 1, 0, 1)
+                    if whole:  # caps larger than the chunk never split it
+                        rc = self._count_windows(ptrs[ci], lens[ci], order, lens[ci] + 1, lens[ci] + 1, 0, 1)
+                    else:
+                        rc = self._count_windows(ptrs[ci], lens[ci], order, max_chars, max_newlines, part, parts)
                     if rc < 0:
                         break
         finally:
@@ -1029,6 +1032,11 @@ cdef class NgramTable:
             free(lens)
         if rc < 0:
             raise MemoryError("n-gram table")
+        return 0
+
+    def add_chunks(self, list chunks, int order):
+        """Count the windows of every chunk (``bytes``); windows never cross a chunk's end."""
+        self._add_items(chunks, "chunk", order, 1, 1, 0, 1, True)
 
     def add_texts(self, list texts, int order, int64_t max_chars=_MAX_CHUNK_CHARS,
                   int64_t max_newlines=_MAX_CHUNK_NEWLINES, int part=0, int parts=1):
@@ -1038,28 +1046,11 @@ cdef class NgramTable:
         the windows of hash class ``part`` (:func:`window_part`) are counted: ``parts`` threads over the
         same texts fill disjoint tables, with no merge.
         """
-        cdef const uint8_t** ptrs = NULL
-        cdef int64_t* lens = NULL
-        cdef Py_ssize_t m = len(texts), ci
-        cdef int rc = 0
-        if order < 1 or order > 7:
-            raise ValueError(f"order must be in [1, 7], got {order}")
         if max_chars < 1 or max_newlines < 1:
             raise ValueError("max_chars and max_newlines must be >= 1")
         if parts < 1 or not 0 <= part < parts:
             raise ValueError(f"need 0 <= part < parts, got part={part}, parts={parts}")
-        _bytes_list(texts, "text", &ptrs, &lens)
-        try:
-            with nogil:
-                for ci in range(m):
-                    rc = self._count_windows(ptrs[ci], lens[ci], order, max_chars, max_newlines, part, parts)
-                    if rc < 0:
-                        break
-        finally:
-            free(ptrs)
-            free(lens)
-        if rc < 0:
-            raise MemoryError("n-gram table")
+        self._add_items(texts, "text", order, max_chars, max_newlines, part, parts, False)
 
     def add_counts(self, const uint64_t[::1] keys, const int64_t[::1] counts):
         """Add ``counts[i]`` to ``keys[i]`` (merge of shard tables)."""
