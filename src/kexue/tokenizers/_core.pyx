@@ -26,7 +26,7 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
-from libc.math cimport INFINITY, exp, log
+from libc.math cimport INFINITY, NAN, exp, log
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
@@ -62,7 +62,12 @@ cdef extern from *:
     #include <unistd.h>
     static void* kx_map(size_t n) {
         void* p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        return p == MAP_FAILED ? NULL : p;
+        if (p == MAP_FAILED) return NULL;
+    #if defined(MADV_HUGEPAGE)
+        /* large tables are accessed at random: huge pages spare most TLB misses */
+        if (n >= (4u << 20)) madvise(p, n, MADV_HUGEPAGE);
+    #endif
+        return p;
     }
     static void kx_unmap(void* p, size_t n) { if (p != NULL) munmap(p, n); }
     /* give the whole pages inside [p, p + n) back to the system; their contents become zero */
@@ -94,7 +99,7 @@ def release_memory():
 
 # hash-table look-ups run this many positions ahead of their use (independent cache misses overlap)
 DEF _AHEAD = 8
-DEF _AHEAD_LM = 4
+DEF _AHEAD_BATCH = 16
 
 # ---------------------------------------------------------------------------------------------
 # random numbers: splitmix64 seeding + xoshiro256**
@@ -790,18 +795,6 @@ cdef inline int64_t _next_chunk(const uint8_t* x, int64_t a, int64_t n, int64_t 
     return b
 
 
-cdef inline uint64_t _part(uint64_t key, uint64_t parts) noexcept nogil:
-    return (_mix(key >> 48) >> 32) % parts
-
-
-def window_part(uint64_t key, int parts):
-    """The class in ``range(parts)`` of a packed window: a hash of its first two bytes, so every gram of
-    two or more bytes has all its windows in one class (see ``NgramTable.add_texts``)."""
-    if parts < 1:
-        raise ValueError(f"parts must be >= 1, got {parts}")
-    return _part(key, <uint64_t>parts)
-
-
 def split_training_chunks(bytes data, int64_t max_chars=_MAX_CHUNK_CHARS,
                           int64_t max_newlines=_MAX_CHUNK_NEWLINES):
     """``(start, end)`` of the training chunks of UTF-8 ``data`` (see ``kexue.tokenizers.text``)."""
@@ -893,120 +886,306 @@ cdef struct WinSlot:
     int64_t count
 
 
+cdef int _sort_slots(WinSlot* a, int64_t n, int shift) noexcept nogil:
+    """Sort slots by key in place, without scratch memory: MSD radix sort ("American flag" sort) on the
+    byte at ``shift`` and below; small ranges by insertion sort. Always returns 0."""
+    cdef int64_t count[256]
+    cdef int64_t nxt[256]
+    cdef int64_t end[256]
+    cdef int64_t i, j, pos
+    cdef int b, d
+    cdef WinSlot v, t
+    if n < 32:
+        for i in range(1, n):
+            v = a[i]
+            j = i - 1
+            while j >= 0 and a[j].key > v.key:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = v
+        return 0
+    memset(count, 0, sizeof(count))
+    for i in range(n):
+        count[(a[i].key >> shift) & 0xFF] += 1
+    pos = 0
+    for b in range(256):
+        nxt[b] = pos
+        pos += count[b]
+        end[b] = pos
+    for b in range(256):
+        while nxt[b] < end[b]:
+            v = a[nxt[b]]
+            d = <int>((v.key >> shift) & 0xFF)
+            while d != b:
+                t = a[nxt[d]]
+                a[nxt[d]] = v
+                nxt[d] += 1
+                v = t
+                d = <int>((v.key >> shift) & 0xFF)
+            a[nxt[b]] = v
+            nxt[b] += 1
+    if shift > 0:
+        pos = 0
+        for b in range(256):
+            if count[b] > 1:
+                _sort_slots(a + pos, count[b], shift - 8)
+            pos += count[b]
+    return 0
+
+
+cdef struct _Pairs:
+    # a growing malloc'd list of (key, count) pairs
+    uint64_t* keys
+    int64_t* counts
+    int64_t n
+    int64_t cap
+
+
+cdef inline int _pairs_push(_Pairs* p, uint64_t key, int64_t count) noexcept nogil:
+    cdef void* tmp
+    cdef int64_t cap
+    if p.n == p.cap:
+        cap = 2 * p.cap if p.cap > 0 else 1024
+        tmp = realloc(p.keys, cap * sizeof(uint64_t))
+        if tmp == NULL:
+            return -1
+        p.keys = <uint64_t*>tmp
+        tmp = realloc(p.counts, cap * sizeof(int64_t))
+        if tmp == NULL:
+            return -1
+        p.counts = <int64_t*>tmp
+        p.cap = cap
+    p.keys[p.n] = key
+    p.counts[p.n] = count
+    p.n += 1
+    return 0
+
+
+cdef int _prune_scan(const WinSlot* w, int64_t n, int64_t min_count, _Pairs* out,
+                     int64_t* small) noexcept nogil:
+    """Post-order scan of sorted windows: append the grams with ``|g| >= 2`` and ``c(g) >= min_count`` to
+    ``out``; add the counts of the empty gram (number of windows) and of the single bytes to ``small[0]``
+    and ``small[1 + byte]``. -1 on allocation failure."""
+    cdef int64_t i
+    cdef int64_t cnt[8]
+    cdef uint64_t key[8]
+    cdef int depth = 0, ln = 0, c, j
+    cdef uint64_t body = 0, prev = 0, mask
+    for i in range(n + 1):
+        if i < n:
+            ln = <int>(w[i].key & 0xFF)
+            body = w[i].key & ~(<uint64_t>0xFF)
+            c = 0
+            while c < depth and c < ln and ((body >> (56 - 8 * c)) & 0xFF) == ((prev >> (56 - 8 * c)) & 0xFF):
+                c += 1
+        else:
+            c = 0
+        # close the open grams longer than the common prefix (deepest first)
+        j = depth
+        while j > c:
+            if j == 1:
+                small[1 + (key[1] >> 56)] += cnt[1]
+            elif cnt[j] >= min_count:
+                if _pairs_push(out, key[j], cnt[j]) < 0:
+                    return -1
+            j -= 1
+        if i == n:
+            break
+        for j in range(c + 1, ln + 1):
+            mask = (~(<uint64_t>0)) << (64 - 8 * j)
+            key[j] = (body & mask) | <uint64_t>j
+            cnt[j] = 0
+        depth = ln
+        prev = body
+        small[0] += w[i].count
+        for j in range(1, ln + 1):
+            cnt[j] += w[i].count
+    return 0
+
+
+cdef int _emit_small(_Pairs* out, const int64_t* small) noexcept nogil:
+    """Append the single bytes seen (``small[1 + b] > 0``) and the empty gram (key 0)."""
+    cdef int b
+    for b in range(256):
+        if small[1 + b] > 0 and _pairs_push(out, ((<uint64_t>b) << 56) | 1, small[1 + b]) < 0:
+            return -1
+    return _pairs_push(out, 0, small[0])
+
+
+cdef struct WinTable:
+    # one open-addressing table of windows: zero-filled mapping, empty slot = key 0, load <= 0.7
+    WinSlot* slots
+    int64_t cap
+    int64_t size
+    size_t mapped  # bytes of the slots' memory mapping
+
+
+cdef int _wt_alloc(WinTable* t, int64_t cap) noexcept nogil:
+    # zero-filled pages: every slot starts empty (key 0) without being touched
+    cdef WinSlot* slots = <WinSlot*>kx_map(cap * sizeof(WinSlot))
+    if slots == NULL:
+        return -1
+    t.slots, t.cap, t.size, t.mapped = slots, cap, 0, cap * sizeof(WinSlot)
+    return 0
+
+
+cdef void _wt_free(WinTable* t) noexcept nogil:
+    kx_unmap(t.slots, t.mapped)
+    t.slots, t.cap, t.size, t.mapped = NULL, 0, 0, 0
+
+
+cdef inline void _wt_put(WinTable* t, uint64_t key, int64_t c) noexcept nogil:
+    cdef int64_t mask = t.cap - 1
+    cdef int64_t h = <int64_t>(_mix(key) & <uint64_t>mask)
+    while True:
+        if t.slots[h].key == key:
+            t.slots[h].count += c
+            return
+        if t.slots[h].key == _NO_WINDOW:
+            t.slots[h].key = key
+            t.slots[h].count = c
+            t.size += 1
+            return
+        h = (h + 1) & mask
+
+
+cdef int _wt_grow(WinTable* t) noexcept nogil:
+    """Double the table. The old slots are re-inserted block by block and each block's pages are given
+    back as soon as it is done, so growing needs the new table plus one block, not both."""
+    cdef WinTable old = t[0]
+    cdef int64_t i, lo
+    cdef int64_t block = 1 << 16
+    if _wt_alloc(t, 2 * old.cap) < 0:
+        t[0] = old
+        return -1
+    lo = 0
+    while lo < old.cap:
+        for i in range(lo, min(lo + block, old.cap)):
+            if old.slots[i].key != _NO_WINDOW:
+                _wt_put(t, old.slots[i].key, old.slots[i].count)
+        kx_discard(&old.slots[lo], min(block, old.cap - lo) * sizeof(WinSlot))
+        lo += block
+    kx_unmap(old.slots, old.mapped)
+    return 0
+
+
+cdef inline int _wt_add(WinTable* t, uint64_t key, int64_t c) noexcept nogil:
+    if 10 * (t.size + 1) > 7 * t.cap:
+        if _wt_grow(t) < 0:
+            return -1
+    _wt_put(t, key, c)
+    return 0
+
+
+cdef int _wt_add_ones(WinTable* t, const uint64_t* keys, int64_t n) noexcept nogil:
+    """Count each of ``keys`` once, the slot of the key ``_AHEAD`` on prefetched."""
+    cdef int64_t i
+    for i in range(n):
+        if i + _AHEAD_BATCH < n:
+            KX_PREFETCH(&t.slots[<int64_t>(_mix(keys[i + _AHEAD_BATCH]) & <uint64_t>(t.cap - 1))])
+        if _wt_add(t, keys[i], 1) < 0:
+            return -1
+    return 0
+
+
+# windows are collected in a buffer and counted _FLUSH at a time, the slot of the key _AHEAD_BATCH on
+# prefetched
+DEF _FLUSH = 4096
+
+
+cdef inline uint64_t _prefix_hash(uint64_t key) noexcept nogil:
+    return _mix(key >> 48)
+
+
+cdef inline uint64_t _part(uint64_t key, uint64_t parts) noexcept nogil:
+    return (_prefix_hash(key) >> 32) % parts
+
+
+def window_part(uint64_t key, int parts):
+    """The class in ``range(parts)`` of a packed window: a hash of its first two bytes, so every gram of
+    two or more bytes has all its windows in one class (see ``NgramTable.add_texts``)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    return _part(key, <uint64_t>parts)
+
+
 cdef class NgramTable:
     """Counts of the byte *windows* ``x[i:i+order]`` (clipped at the chunk end) at every position ``i``.
 
     Keys are packed n-grams: ``key(g) = sum_k g[k] << (56 - 8 k) | len(g)`` (bytes big-endian in the high
     56 bits, the length in the low byte), so ``order <= 7``. The count of any n-gram ``g`` with
     ``|g| <= order`` is the total count of the windows that start with ``g`` (:func:`expand_windows`):
-    one hash-table update per byte instead of ``order + 1``. Open addressing, load factor <= 0.7,
-    16 bytes a slot; the table grows without the GIL.
+    one hash-table update per byte instead of ``order + 1``.
+
+    One open-addressing table (load factor <= 0.7, 16 bytes a slot) in a zero-filled mapping (huge pages
+    where the system allows). Windows are collected in batches whose slots are prefetched well ahead of
+    their update: the table is far larger than the caches and each update is an independent miss. The
+    table grows without the GIL.
     """
 
-    cdef WinSlot* slots
-    cdef int64_t cap
-    cdef int64_t size
-    cdef size_t mapped  # bytes of the slots' memory mapping
+    cdef WinTable t
+    cdef uint64_t* buf  # a batch of _FLUSH windows
+    cdef int64_t fill
 
     def __cinit__(self, int64_t capacity=1 << 16):
         cdef int64_t cap = 1024
-        self.slots = NULL
-        self.mapped = 0
+        self.buf = NULL
+        self.fill = 0
+        self.t.slots = NULL
+        self.t.mapped = 0
         while 7 * cap < 10 * capacity:
             cap *= 2
-        if self._alloc(cap) < 0:
+        if _wt_alloc(&self.t, cap) < 0:
             raise MemoryError("n-gram table")
 
     def __dealloc__(self):
-        kx_unmap(self.slots, self.mapped)
-
-    cdef int _alloc(self, int64_t cap) noexcept nogil:
-        # zero-filled pages: every slot starts empty (key 0) without being touched
-        cdef WinSlot* slots = <WinSlot*>kx_map(cap * sizeof(WinSlot))
-        if slots == NULL:
-            return -1
-        self.slots, self.cap, self.size, self.mapped = slots, cap, 0, cap * sizeof(WinSlot)
-        return 0
-
-    cdef int _grow(self) noexcept nogil:
-        """Double the table. The old slots are re-inserted block by block and each block's pages are
-        given back as soon as it is done, so growing needs the new table plus one block, not both."""
-        cdef WinSlot* old = self.slots
-        cdef int64_t old_cap = self.cap, old_size = self.size, i, lo
-        cdef size_t old_mapped = self.mapped
-        cdef int64_t block = 1 << 16
-        if self._alloc(2 * old_cap) < 0:
-            self.slots, self.cap, self.size, self.mapped = old, old_cap, old_size, old_mapped
-            return -1
-        lo = 0
-        while lo < old_cap:
-            for i in range(lo, min(lo + block, old_cap)):
-                if old[i].key != _NO_WINDOW:
-                    self._put(old[i].key, old[i].count)
-            kx_discard(&old[lo], min(block, old_cap - lo) * sizeof(WinSlot))
-            lo += block
-        kx_unmap(old, old_mapped)
-        return 0
-
-    cdef inline void _put(self, uint64_t key, int64_t c) noexcept nogil:
-        cdef int64_t mask = self.cap - 1
-        cdef int64_t h = <int64_t>(_mix(key) & <uint64_t>mask)
-        while True:
-            if self.slots[h].key == key:
-                self.slots[h].count += c
-                return
-            if self.slots[h].key == _NO_WINDOW:
-                self.slots[h].key = key
-                self.slots[h].count = c
-                self.size += 1
-                return
-            h = (h + 1) & mask
+        _wt_free(&self.t)
+        free(self.buf)
 
     cdef inline int _add(self, uint64_t key, int64_t c) noexcept nogil:
-        if 10 * (self.size + 1) > 7 * self.cap:
-            if self._grow() < 0:
-                return -1
-        self._put(key, c)
-        return 0
+        return _wt_add(&self.t, key, c)
+
+    cdef int _flush(self) noexcept nogil:
+        cdef int rc = _wt_add_ones(&self.t, self.buf, self.fill)
+        self.fill = 0
+        return rc
 
     cdef int _count_windows(self, const uint8_t* x, int64_t n, int order, int64_t max_chars,
                             int64_t max_newlines, uint64_t part, uint64_t parts) noexcept nogil:
-        cdef int64_t i, ce = 0
-        cdef int k, ln
-        cdef uint64_t body, key
-        cdef int64_t ahead
+        # the window at i is the register w: x[i], x[i+1], ... big-endian, with zero bytes past the end of
+        # the chunk; it is shifted one byte on at each position
+        cdef int64_t i, ce = 0, ln
+        cdef int k
+        cdef uint64_t w = 0, key
+        cdef uint64_t top = (~(<uint64_t>0)) << (64 - 8 * order)
         for i in range(n):
             if i == ce:
                 ce = _next_chunk(x, i, n, max_chars, max_newlines)
-            ahead = i + _AHEAD
-            if ahead < ce:  # warm the slot of the window a few positions on
-                body = 0
-                ln = order if ce - ahead >= order else <int>(ce - ahead)
-                for k in range(ln):
-                    body |= (<uint64_t>x[ahead + k]) << (56 - 8 * k)
-                key = body | <uint64_t>ln
-                if parts == 1 or _part(key, parts) == part:
-                    KX_PREFETCH(&self.slots[<int64_t>(_mix(key) & <uint64_t>(self.cap - 1))])
-            ln = order
-            if ce - i < ln:
-                ln = <int>(ce - i)
-            body = 0
-            for k in range(ln):
-                body |= (<uint64_t>x[i + k]) << (56 - 8 * k)
-            key = body | <uint64_t>ln
+                w = 0
+                for k in range(order):
+                    if i + k < ce:
+                        w |= (<uint64_t>x[i + k]) << (56 - 8 * k)
+            else:
+                w = (w << 8) & top
+                if i + order - 1 < ce:
+                    w |= (<uint64_t>x[i + order - 1]) << (64 - 8 * order)
+            ln = ce - i
+            key = w | <uint64_t>(order if ln > order else ln)
             if parts > 1 and _part(key, parts) != part:
                 continue
-            if self._add(key, 1) < 0:
+            self.buf[self.fill] = key
+            self.fill += 1
+            if self.fill == _FLUSH and self._flush() < 0:
                 return -1
         return 0
 
     def __len__(self):
-        return self.size
+        return self.t.size
 
     @property
     def nbytes(self):
         """Bytes held by the hash table."""
-        return self.cap * 16
+        return self.t.cap * sizeof(WinSlot)
 
     cdef int _add_items(self, list items, str what, int order, int64_t max_chars, int64_t max_newlines,
                         uint64_t part, uint64_t parts, bint whole) except -1:
@@ -1017,6 +1196,10 @@ cdef class NgramTable:
         cdef int rc = 0
         if order < 1 or order > 7:
             raise ValueError(f"order must be in [1, 7], got {order}")
+        if self.buf == NULL:
+            self.buf = <uint64_t*>malloc(_FLUSH * sizeof(uint64_t))
+            if self.buf == NULL:
+                raise MemoryError("n-gram table")
         _bytes_list(items, what, &ptrs, &lens)
         try:
             with nogil:
@@ -1027,6 +1210,8 @@ cdef class NgramTable:
                         rc = self._count_windows(ptrs[ci], lens[ci], order, max_chars, max_newlines, part, parts)
                     if rc < 0:
                         break
+                if self._flush() < 0:
+                    rc = -1
         finally:
             free(ptrs)
             free(lens)
@@ -1075,12 +1260,13 @@ cdef class NgramTable:
         """Add every count of ``other`` (another thread's table) into this one."""
         cdef int64_t i
         cdef int rc = 0
+        cdef WinTable* t = &other.t
         if other is self:
             raise ValueError("cannot merge a table into itself")
         with nogil:
-            for i in range(other.cap):
-                if other.slots[i].key != _NO_WINDOW:
-                    rc = self._add(other.slots[i].key, other.slots[i].count)
+            for i in range(t.cap):
+                if t.slots[i].key != _NO_WINDOW:
+                    rc = _wt_add(&self.t, t.slots[i].key, t.slots[i].count)
                     if rc < 0:
                         break
         if rc < 0:
@@ -1088,181 +1274,71 @@ cdef class NgramTable:
 
     def export(self, uint64_t[::1] keys_out, int64_t[::1] counts_out):
         """Write the (key, count) pairs, in table order, into arrays of length ``len(self)``."""
-        cdef int64_t i, j = 0
-        if keys_out.shape[0] != self.size or counts_out.shape[0] != self.size:
-            raise ValueError(f"output arrays must have length {self.size}")
+        cdef int64_t i, j = 0, n = self.t.size
+        cdef WinTable* t = &self.t
+        if keys_out.shape[0] != n or counts_out.shape[0] != n:
+            raise ValueError(f"output arrays must have length {n}")
         with nogil:
-            for i in range(self.cap):
-                if self.slots[i].key != _NO_WINDOW:
-                    keys_out[j] = self.slots[i].key
-                    counts_out[j] = self.slots[i].count
+            for i in range(t.cap):
+                if t.slots[i].key != _NO_WINDOW:
+                    keys_out[j] = t.slots[i].key
+                    counts_out[j] = t.slots[i].count
                     j += 1
 
     def export_sorted(self, uint64_t[::1] keys_out, int64_t[::1] counts_out):
         """:meth:`export` sorted by key (radix sort)."""
         cdef int rc
+        cdef int64_t n = len(self)
         self.export(keys_out, counts_out)
         with nogil:
-            rc = _radix_sort_pairs(&keys_out[0], &counts_out[0], self.size) if self.size > 0 else 0
+            rc = _radix_sort_pairs(&keys_out[0], &counts_out[0], n) if n > 0 else 0
         if rc < 0:
             raise MemoryError("sort of the n-gram table")
 
     def pruned_grams(self, int64_t min_count):
         """Consume the table: its n-gram counts with ``|g| <= 1`` or ``c(g) >= min_count`` and the empty gram.
 
-        The slots are compacted, shrunk, radix-sorted and scanned in place (``prune_windows`` without a
-        copy), then released. Returns unsorted ``(keys, counts)``. Exact for a table that holds every window
-        of its grams: the whole corpus, or one class of ``add_texts(parts=...)``, where the counts of the
-        grams of at most one byte are partial and must be summed over the classes.
+        The slots are compacted, radix-sorted and scanned in place (``prune_windows`` without a copy), then
+        released. Returns unsorted ``(keys, counts)``, each key once. Exact for a table that holds every
+        window of its grams: the whole corpus, or one class of ``add_texts(parts=...)``, where the counts of
+        the grams of at most one byte are partial and must be summed over the classes.
         """
-        cdef int64_t i, j = 0, n = self.size, m = -1
-        cdef uint64_t* ok = NULL
-        cdef int64_t* oc = NULL
+        cdef int64_t i, j = 0, n = self.t.size
+        cdef _Pairs out
+        cdef int64_t small[257]
+        cdef WinTable* t = &self.t
         cdef int rc = 0
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
+        memset(small, 0, sizeof(small))
+        memset(&out, 0, sizeof(out))
         try:
             with nogil:
-                for i in range(self.cap):
-                    if self.slots[i].key != _NO_WINDOW:
-                        self.slots[j] = self.slots[i]
+                for i in range(t.cap):
+                    if t.slots[i].key != _NO_WINDOW:
+                        t.slots[j] = t.slots[i]
                         j += 1
                 # give back the pages past the compacted slots; the hash layout is gone from here on
-                kx_discard(&self.slots[n], self.mapped - n * sizeof(WinSlot))
-                self.cap = 0
-                rc = _sort_slots(self.slots, n, 56)
+                kx_discard(&t.slots[n], t.mapped - n * sizeof(WinSlot))
+                t.cap = 0
+                _sort_slots(t.slots, n, 56)
+                rc = _prune_scan(t.slots, n, min_count, &out, small)
                 if rc == 0:
-                    m = _prune_scan(self.slots, n, min_count, &ok, &oc)
-            if rc < 0 or m < 0:
+                    rc = _emit_small(&out, small)
+            if rc < 0:
                 raise MemoryError("pruned n-gram counts")
-            return _pairs_to_numpy(ok, oc, m)
+            return _pairs_to_numpy(out.keys, out.counts, out.n)
         finally:
-            free(ok)
-            free(oc)
+            free(out.keys)
+            free(out.counts)
             self.clear()
 
     def clear(self):
         """Drop every count and release the memory (down to the initial 1024 slots)."""
-        kx_unmap(self.slots, self.mapped)
-        self.slots = NULL
-        self.mapped = 0
-        self.cap = 0
-        self.size = 0
-        if self._alloc(1024) < 0:
+        _wt_free(&self.t)
+        self.fill = 0
+        if _wt_alloc(&self.t, 1024) < 0:
             raise MemoryError("n-gram table")
-
-
-cdef int _sort_slots(WinSlot* a, int64_t n, int shift) noexcept nogil:
-    """Sort slots by key in place, without scratch memory: MSD radix sort ("American flag" sort) on the
-    byte at ``shift`` and below; small ranges by insertion sort. Always returns 0."""
-    cdef int64_t count[256]
-    cdef int64_t nxt[256]
-    cdef int64_t end[256]
-    cdef int64_t i, j, pos
-    cdef int b, d
-    cdef WinSlot v, t
-    if n < 32:
-        for i in range(1, n):
-            v = a[i]
-            j = i - 1
-            while j >= 0 and a[j].key > v.key:
-                a[j + 1] = a[j]
-                j -= 1
-            a[j + 1] = v
-        return 0
-    memset(count, 0, sizeof(count))
-    for i in range(n):
-        count[(a[i].key >> shift) & 0xFF] += 1
-    pos = 0
-    for b in range(256):
-        nxt[b] = pos
-        pos += count[b]
-        end[b] = pos
-    for b in range(256):
-        while nxt[b] < end[b]:
-            v = a[nxt[b]]
-            d = <int>((v.key >> shift) & 0xFF)
-            while d != b:
-                t = a[nxt[d]]
-                a[nxt[d]] = v
-                nxt[d] += 1
-                v = t
-                d = <int>((v.key >> shift) & 0xFF)
-            a[nxt[b]] = v
-            nxt[b] += 1
-    if shift > 0:
-        pos = 0
-        for b in range(256):
-            if count[b] > 1:
-                _sort_slots(a + pos, count[b], shift - 8)
-            pos += count[b]
-    return 0
-
-
-cdef int64_t _prune_scan(const WinSlot* w, int64_t n, int64_t min_count, uint64_t** out_keys,
-                         int64_t** out_counts) noexcept nogil:
-    """Post-order scan of sorted windows: the grams with ``|g| <= 1`` or ``c(g) >= min_count`` and the
-    empty gram (key 0, count = number of windows), unsorted, in malloc'd arrays. -1 on allocation failure."""
-    cdef int64_t i, m = 0, cap = 1024, root = 0
-    cdef int64_t cnt[8]
-    cdef uint64_t key[8]
-    cdef int depth = 0, ln = 0, c, j
-    cdef uint64_t body = 0, prev = 0, mask
-    cdef uint64_t* ok = <uint64_t*>malloc(cap * sizeof(uint64_t))
-    cdef int64_t* oc = <int64_t*>malloc(cap * sizeof(int64_t))
-    cdef void* tmp
-    if ok == NULL or oc == NULL:
-        free(ok)
-        free(oc)
-        return -1
-    for i in range(n + 1):
-        if i < n:
-            ln = <int>(w[i].key & 0xFF)
-            body = w[i].key & ~(<uint64_t>0xFF)
-            c = 0
-            while c < depth and c < ln and ((body >> (56 - 8 * c)) & 0xFF) == ((prev >> (56 - 8 * c)) & 0xFF):
-                c += 1
-        else:
-            c = 0
-        # close the open grams longer than the common prefix (deepest first)
-        j = depth
-        while j > c:
-            if j <= 1 or cnt[j] >= min_count:
-                if m + 2 > cap:
-                    cap *= 2
-                    tmp = realloc(ok, cap * sizeof(uint64_t))
-                    if tmp == NULL:
-                        free(ok)
-                        free(oc)
-                        return -1
-                    ok = <uint64_t*>tmp
-                    tmp = realloc(oc, cap * sizeof(int64_t))
-                    if tmp == NULL:
-                        free(ok)
-                        free(oc)
-                        return -1
-                    oc = <int64_t*>tmp
-                ok[m] = key[j]
-                oc[m] = cnt[j]
-                m += 1
-            j -= 1
-        if i == n:
-            break
-        for j in range(c + 1, ln + 1):
-            mask = (~(<uint64_t>0)) << (64 - 8 * j)
-            key[j] = (body & mask) | <uint64_t>j
-            cnt[j] = 0
-        depth = ln
-        prev = body
-        root += w[i].count
-        for j in range(1, ln + 1):
-            cnt[j] += w[i].count
-    ok[m] = 0
-    oc[m] = root
-    m += 1
-    out_keys[0] = ok
-    out_counts[0] = oc
-    return m
 
 
 cdef tuple _pairs_to_numpy(uint64_t* ok, int64_t* oc, int64_t m):
@@ -1300,10 +1376,10 @@ def prune_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, int64_t
     ``c(g) >= min_count``, without materialising the unkept ones: a gram's count is final when the scan
     over the sorted windows leaves its subtree (post-order), and it is emitted then.
     """
-    cdef int64_t n = wkeys.shape[0], i, m
+    cdef int64_t n = wkeys.shape[0], i
     cdef WinSlot* w
-    cdef uint64_t* ok = NULL
-    cdef int64_t* oc = NULL
+    cdef _Pairs out
+    cdef int64_t small[257]
     cdef int rc = 0
     if wcounts.shape[0] != n:
         raise ValueError("keys and counts must have the same length")
@@ -1317,21 +1393,25 @@ def prune_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, int64_t
     w = <WinSlot*>malloc((n + 1) * sizeof(WinSlot))
     if w == NULL:
         raise MemoryError()
+    memset(small, 0, sizeof(small))
+    memset(&out, 0, sizeof(out))
     try:
         with nogil:
             for i in range(n):
                 w[i].key = wkeys[i]
                 w[i].count = wcounts[i]
-            m = _prune_scan(w, n, min_count, &ok, &oc)
-            if m >= 0:
-                rc = _radix_sort_pairs(ok, oc, m)
-        if m < 0 or rc < 0:
+            rc = _prune_scan(w, n, min_count, &out, small)
+            if rc == 0:
+                rc = _emit_small(&out, small)
+            if rc == 0:
+                rc = _radix_sort_pairs(out.keys, out.counts, out.n)
+        if rc < 0:
             raise MemoryError("pruned n-gram counts")
-        return _pairs_to_numpy(ok, oc, m)
+        return _pairs_to_numpy(out.keys, out.counts, out.n)
     finally:
         free(w)
-        free(ok)
-        free(oc)
+        free(out.keys)
+        free(out.counts)
 
 
 def expand_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, uint64_t[::1] out_keys,
@@ -1553,28 +1633,34 @@ cdef class PieceCounter:
 # byte n-gram language-model segmentation (pass 2 of training)
 # ---------------------------------------------------------------------------------------------
 
-cdef struct LMSlot:
-    uint64_t key
-    double value
+cdef struct LMNode:
+    int32_t base   # child of this node by byte c: t = base + c, if nodes[t].check is this node
+    int32_t check  # parent node (-1: a free slot)
+    double L       # L(g) of the gram g spelled by the path; NaN where g is only a prefix of grams
 
 
 cdef class BNLMCore:
     """Viterbi segmentation of chunks under a byte n-gram LM (Su, kexue.fm/archives/3956).
 
-    ``keys[i]`` (packed n-grams, ``1 <= |g| <= order``) has emission ``L[i] = log c(g) - log c(g[:-1])``;
-    they are held in an open-addressing hash table, so the ``order`` look-ups of one byte are independent.
+    ``keys[i]`` (packed n-grams, ``1 <= |g| <= order``) has emission ``L[i] = log c(g) - log c(g[:-1])``.
+    The grams are held in a forward double-array trie of 16-byte nodes (base, check, L). The grams ending
+    at byte ``i`` are the children, by ``x[i]``, of the trie nodes of the grams ending at ``i - 1``, so the
+    ``order`` look-ups of a byte are one independent memory access each, with no hashing.
     """
 
-    cdef LMSlot* table
-    cdef int64_t mask
+    cdef LMNode* nodes
+    cdef int64_t num_slots
     cdef int order
     cdef bint ensure_unicode
 
     def __cinit__(self):
-        self.table = NULL
+        self.nodes = NULL
 
     def __init__(self, const uint64_t[::1] keys, const double[::1] L, int order, bint ensure_unicode):
-        cdef int64_t n = keys.shape[0], i, cap = 1024, h
+        import numpy as np
+
+        cdef int64_t n = keys.shape[0], i, t
+        cdef DoubleArray trie
         cdef int b
         if order < 1 or order > 7:
             raise ValueError(f"order must be in [1, 7], got {order}")
@@ -1582,42 +1668,46 @@ cdef class BNLMCore:
             raise ValueError(f"L has {L.shape[0]} entries but there are {n} keys")
         self.order = order
         self.ensure_unicode = ensure_unicode
-        while 10 * n > 7 * cap:  # load factor <= 0.7
-            cap *= 2
-        self.table = <LMSlot*>malloc(cap * sizeof(LMSlot))
-        if self.table == NULL:
+        karr = np.asarray(keys)
+        lens = (karr & np.uint64(0xFF)).astype(np.int64)
+        bad = np.flatnonzero((lens < 1) | (lens > order))
+        if len(bad):
+            raise ValueError(f"key {bad[0]} has length {lens[bad[0]]}; expected 1..{order}")
+        Larr = np.asarray(L)
+        if np.isnan(Larr).any():
+            raise ValueError("L must not contain NaN")
+        idx = np.argsort(karr, kind="stable")
+        sk = karr[idx]
+        if n > 1 and bool((sk[1:] == sk[:-1]).any()):
+            raise ValueError("keys must be unique")
+        # the grams as byte strings in sorted order (packed keys sort as their byte strings)
+        sl = lens[idx]
+        be = (sk & ~np.uint64(0xFF)).byteswap().view(np.uint8).reshape(-1, 8)
+        buf = np.ascontiguousarray(be[np.arange(8)[None, :] < sl[:, None]])
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(sl, out=offsets[1:])
+        trie = DoubleArray().build(buf, offsets, idx.astype(np.int32))
+        # every child slot base + c (c < 256) of a node lies below num_nodes + 256
+        self.num_slots = trie.num_nodes + 256
+        self.nodes = <LMNode*>malloc(self.num_slots * sizeof(LMNode))
+        if self.nodes == NULL:
             raise MemoryError()
-        self.mask = cap - 1
-        for i in range(cap):
-            self.table[i].key = _EMPTY
-            self.table[i].value = 0.0
-        for i in range(n):
-            if (keys[i] & 0xFF) < 1 or (keys[i] & 0xFF) > order:
-                raise ValueError(f"key {i} has length {keys[i] & 0xFF}; expected 1..{order}")
-            h = <int64_t>(_mix(keys[i]) & <uint64_t>self.mask)
-            while self.table[h].key != _EMPTY and self.table[h].key != keys[i]:
-                h = (h + 1) & self.mask
-            if self.table[h].key == keys[i]:
-                raise ValueError("keys must be unique")
-            self.table[h].key = keys[i]
-            self.table[h].value = L[i]
+        for t in range(self.num_slots):
+            if t < trie.cap:
+                self.nodes[t].base = trie.base[t]
+                self.nodes[t].check = trie.check[t]
+                self.nodes[t].L = L[trie.value[t]] if trie.value[t] >= 0 else NAN
+            else:
+                self.nodes[t].base = 0
+                self.nodes[t].check = -1
+                self.nodes[t].L = NAN
         for b in range(256):
-            if self._get(((<uint64_t>b) << 56) | 1, NULL) == 0:
+            t = self.nodes[0].base + b
+            if self.nodes[t].check != 0 or self.nodes[t].L != self.nodes[t].L:
                 raise ValueError(f"the n-gram table must contain every single byte; {bytes([b])!r} is missing")
 
     def __dealloc__(self):
-        free(self.table)
-
-    cdef inline int _get(self, uint64_t key, double* out) noexcept nogil:
-        cdef int64_t h = <int64_t>(_mix(key) & <uint64_t>self.mask)
-        while True:
-            if self.table[h].key == key:
-                if out != NULL:
-                    out[0] = self.table[h].value
-                return 1
-            if self.table[h].key == _EMPTY:
-                return 0
-            h = (h + 1) & self.mask
+        free(self.nodes)
 
     def segment(self, bytes chunk):
         """The pieces of one chunk."""
@@ -1771,29 +1861,36 @@ cdef class BNLMCore:
         cdef double* tmp
         cdef double unmasked0
         cdef int64_t i, nstarts, k
-        cdef uint64_t body
+        cdef int32_t act[8]
+        cdef int32_t nxt[8]
+        cdef int32_t s, t
+        cdef uint8_t c
         cdef bint masked, alive, dead
+        for j in range(order):
+            act[j] = -1
         for i in range(n):
-            # E[j] = L(x[i-j..i]); the gram's bytes are packed big-endian, x[i] last
-            if i + _AHEAD_LM < n:  # warm the slots of the grams ending a few bytes on
-                body = 0
-                for j in range(order):
-                    if i + _AHEAD_LM - j < 0:
-                        break
-                    body = (body >> 8) | ((<uint64_t>x[i + _AHEAD_LM - j]) << 56)
-                    KX_PREFETCH(&self.table[<int64_t>(_mix(body | <uint64_t>(j + 1)) & <uint64_t>self.mask)])
-            # a gram that was pruned has no kept extension (counts only shrink as a gram grows)
-            body = 0
+            # node of x[i-j..i]: the child by x[i] of the node of x[i-j..i-1] (a gram ending at i - 1)
+            c = x[i]
+            nxt[0] = self.nodes[0].base + c
+            for j in range(1, order):
+                s = act[j - 1]
+                if s >= 0:
+                    t = self.nodes[s].base + c
+                    nxt[j] = t if self.nodes[t].check == s else -1
+                else:
+                    nxt[j] = -1
+            # E[j] = L(x[i-j..i]) up to the first gram that is not in the LM
             dead = False
             for j in range(order):
-                if dead or i - j < 0:
+                act[j] = nxt[j]
+                if not dead:
+                    if nxt[j] >= 0:
+                        E[j] = self.nodes[nxt[j]].L
+                        dead = E[j] != E[j]  # NaN: only a prefix of grams
+                    else:
+                        dead = True
+                if dead:
                     E[j] = -INFINITY
-                    dead = True
-                    continue
-                body = (body >> 8) | ((<uint64_t>x[i - j]) << 56)
-                if not self._get(body | <uint64_t>(j + 1), &E[j]):
-                    E[j] = -INFINITY
-                    dead = True
             unmasked0 = E[0]
             masked = self.ensure_unicode and (x[i] & 0xC0) == 0x80
             if masked:

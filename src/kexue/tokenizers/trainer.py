@@ -30,7 +30,8 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 BACKENDS = ("local", "ray")
+_IN_FLIGHT = 3  # shards a local worker may run ahead of the slowest one
 
 # --- map and reduce functions (module level: picklable for processes and Ray) ----------------
 
@@ -426,20 +428,39 @@ class Trainer:
         work: Callable[[int, list[bytes]], None],
         workers: int,
     ) -> None:
-        """``work(k, texts)`` for ``k < workers`` on threads, shard by shard (the core releases the GIL)."""
-        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        """``work(k, texts)`` for ``k < workers``, shard by shard (the core releases the GIL).
+
+        Worker ``k`` runs its calls in corpus order on its own thread; the workers are not synchronised per
+        shard, so one can run ahead of another by up to ``_IN_FLIGHT`` shards (which bounds the memory).
+        """
+        if workers == 1:
+            with _progress(progress, description, total) as advance:
+                for shard in shards(corpus, shard_chars):
+                    texts = prepare_texts(shard, isolate_digits)
+                    work(0, texts)
+                    advance(sum(len(t) for t in texts) if progress else 0)
+            return
+        lanes = [ThreadPoolExecutor(max_workers=1) for _ in range(workers)]
+        pending: deque[tuple[list[Future], int]] = deque()
         try:
             with _progress(progress, description, total) as advance:
                 for shard in shards(corpus, shard_chars):
                     texts = prepare_texts(shard, isolate_digits)
-                    if pool is None:
-                        work(0, texts)
-                    else:
-                        list(pool.map(work, range(workers), [texts] * workers))
-                    advance(sum(len(t) for t in texts) if progress else 0)
+                    futures = [lane.submit(work, k, texts) for k, lane in enumerate(lanes)]
+                    pending.append((futures, sum(len(t) for t in texts) if progress else 0))
+                    while len(pending) > _IN_FLIGHT or (pending and all(f.done() for f in pending[0][0])):
+                        futures, size = pending.popleft()
+                        for f in futures:
+                            f.result()
+                        advance(size)
+                while pending:
+                    futures, size = pending.popleft()
+                    for f in futures:
+                        f.result()
+                    advance(size)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            for lane in lanes:
+                lane.shutdown(wait=True, cancel_futures=True)
 
     @staticmethod
     def _ray_pass(
