@@ -314,9 +314,13 @@ def test_piece_counter_is_a_dict_of_counts(pieces):
         expected[p] = expected.get(p, 0) + c
     a.merge(b)
     assert a.to_dict() == expected and len(a) == len(expected)
+    keys, counts = a.items()
+    assert counts.dtype == np.int64 and dict(zip(keys, counts.tolist())) == expected and len(keys) == len(a)
     r = ref.PieceCounter()
     r.add_dict(expected)
     assert r.to_dict() == expected
+    rk, rc = r.items()
+    assert dict(zip(rk, rc.tolist())) == expected
     a.clear()
     assert a.to_dict() == {}
     with pytest.raises(TypeError):
@@ -412,3 +416,23 @@ def test_removing_pieces_by_minus_infinity_equals_a_smaller_vocabulary(extra, dr
             big.set_logp(np.ascontiguousarray(bad))
         with pytest.raises(ValueError, match="finite"):
             big.set_logp(np.full(len(pieces), np.nan))
+
+
+@FAST
+@given(
+    pieces=st.dictionaries(st.binary(min_size=1, max_size=3), st.integers(1, 4), min_size=1, max_size=40),
+    n=st.integers(1, 45),
+    data=st.data(),
+)
+def test_first_pieces_by_rank_equal_the_full_sort(pieces, n, data):
+    from kexue.tokenizers.pruning import _first
+
+    keys = list(pieces)
+    idx = np.array(data.draw(st.permutations(range(len(keys)))), dtype=np.int64)
+    counts = np.array([pieces[keys[i]] for i in idx.tolist()], np.int64)
+    ranked = sorted(
+        range(len(idx)),
+        key=lambda j: (len(keys[idx[j]]) > 1, -counts[j], -len(keys[idx[j]]), keys[idx[j]]),
+    )
+    got = _first(n, keys, idx, counts)
+    assert sorted(got.tolist()) == sorted(ranked[:n])

@@ -1098,7 +1098,8 @@ cdef inline uint64_t _prefix_hash(uint64_t key) noexcept nogil:
 
 
 cdef inline uint64_t _part(uint64_t key, uint64_t parts) noexcept nogil:
-    return (_prefix_hash(key) >> 32) % parts
+    # the high 32 bits of the hash scaled to [0, parts) by a multiplication (no division)
+    return ((_prefix_hash(key) >> 32) * parts) >> 32
 
 
 def window_part(uint64_t key, int parts):
@@ -1617,6 +1618,25 @@ cdef class PieceCounter:
         self.slots, self.arena = slots, arena
         memset(self.slots, 0xFF, 1024 * sizeof(PieceSlot))
         self.cap, self.size, self.arena_len, self.arena_cap = 1024, 0, 0, 1 << 16
+
+    def items(self):
+        """``(pieces, counts)``: a list of ``bytes`` and an ``int64`` array, in table order."""
+        import numpy as np
+
+        cdef int64_t i, j = 0
+        cdef list keys = PyList_New(self.size)
+        cdef int64_t[::1] cv
+        cdef object piece
+        counts = np.empty(self.size, np.int64)
+        cv = counts
+        for i in range(self.cap):
+            if self.slots[i].off >= 0:
+                piece = PyBytes_FromStringAndSize(<const char*>self.arena + self.slots[i].off, self.slots[i].length)
+                Py_INCREF(piece)
+                PyList_SET_ITEM(keys, j, piece)
+                cv[j] = self.slots[i].count
+                j += 1
+        return keys, counts
 
     def to_dict(self):
         """``{piece: count}``."""

@@ -130,6 +130,30 @@ def remove_redundant(keep: dict[bytes, int], core: ModuleType, threads: int = 1)
     return dict(zip(keys, counts.tolist()))
 
 
+def _first(n: int, keys: list[bytes], idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Positions in ``idx`` of its first ``n`` pieces ranked by ``(multi-byte, -count, -length, bytes)``.
+
+    A stable sort on the numbers, then the bytes order only inside the group of ties at the cut: the kept
+    set is the same as with the full order.
+    """
+    lens = np.fromiter((len(keys[i]) for i in idx.tolist()), np.int64, count=len(idx))
+    multi = lens > 1
+    order = np.lexsort((-lens, -counts, multi))
+    if n >= len(order):
+        return order
+    m, c, ln = multi[order], counts[order], lens[order]
+    change = np.flatnonzero((m[1:] != m[:-1]) | (c[1:] != c[:-1]) | (ln[1:] != ln[:-1])) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(order)]])
+    g = int(np.searchsorted(starts, n - 1, side="right")) - 1
+    lo, hi = int(starts[g]), int(ends[g])
+    if hi > n:  # ties straddle the cut: rank them by their bytes
+        tied = order[lo:hi].tolist()
+        tied.sort(key=lambda j: keys[idx[j]])
+        order[lo:hi] = tied
+    return order[:n]
+
+
 def prune_pieces(
     pieces: dict[bytes, int],
     max_vocab_sizes: list[int],
@@ -139,12 +163,28 @@ def prune_pieces(
     threads: int = 1,
 ) -> list[dict[bytes, int]]:
     """Steps (a)-(d); one vocabulary (piece -> count) per size in ``max_vocab_sizes`` (largest first)."""
-    pieces = dict(pieces)
-    for b in range(256):
-        pieces.setdefault(bytes([b]), 1)
     keys = list(pieces)
     counts = np.fromiter(pieces.values(), dtype=np.int64, count=len(keys))
+    return prune_piece_arrays(keys, counts, max_vocab_sizes, min_count, max_piece_length, core, threads)
+
+
+def prune_piece_arrays(
+    keys: list[bytes],
+    counts: np.ndarray,
+    max_vocab_sizes: list[int],
+    min_count: int,
+    max_piece_length: int,
+    core: ModuleType,
+    threads: int = 1,
+) -> list[dict[bytes, int]]:
+    """:func:`prune_pieces` of unique ``keys`` with ``counts`` (``int64``)."""
     lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    have = {keys[i] for i in np.flatnonzero(lens == 1).tolist()}
+    missing = [bytes([b]) for b in range(256) if bytes([b]) not in have]
+    if missing:
+        keys = keys + missing
+        counts = np.concatenate([counts, np.ones(len(missing), np.int64)])
+        lens = np.concatenate([lens, np.ones(len(missing), np.int64)])
     kept = (lens == 1) | ((lens <= max_piece_length) & (counts >= min_count))
     ki, di = np.flatnonzero(kept).tolist(), np.flatnonzero(~kept)
     kk, kc = [keys[i] for i in ki], counts[ki]
@@ -156,13 +196,12 @@ def prune_pieces(
     finals = []
     for size in sorted(max_vocab_sizes, reverse=True):
         if len(idx) > size - 3:
-            cl, il = kc.tolist(), idx.tolist()
-            ranked = sorted(
-                range(len(il)), key=lambda j: (len(kk[il[j]]) > 1, -cl[j], -len(kk[il[j]]), kk[il[j]])
-            )
-            top, rest = ranked[: size - 3], ranked[size - 3 :]
+            top = _first(size - 3, kk, idx, kc)
+            rest = np.ones(len(idx), bool)
+            rest[top] = False
+            rest = np.flatnonzero(rest)
             nidx, nc = idx[top], kc[top]
-            nc = nc + dec.split(nidx, nc, [kk[il[j]] for j in rest], kc[rest])
+            nc = nc + dec.split(nidx, nc, [kk[i] for i in idx[rest].tolist()], kc[rest])
             idx, kc = dec.remove_redundant(nidx, nc)
         finals.append(dict(zip([kk[i] for i in idx.tolist()], kc.tolist())))
     return finals

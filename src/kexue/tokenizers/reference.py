@@ -321,7 +321,7 @@ def window_part(key: int, parts: int) -> int:
     """The class in ``range(parts)`` of a packed window: a hash of its first two bytes."""
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
-    return (_mix(key >> 48) >> 32) % parts
+    return ((_mix(key >> 48) >> 32) * parts) >> 32  # the high 32 bits of the hash scaled to [0, parts)
 
 
 class NgramTable:
@@ -504,6 +504,9 @@ class PieceCounter:
 
     def to_dict(self) -> dict[bytes, int]:
         return dict(self._c)
+
+    def items(self) -> tuple[list[bytes], np.ndarray]:
+        return list(self._c), np.fromiter(self._c.values(), np.int64, count=len(self._c))
 
 
 def count_all_ngrams(chunks: list[bytes], order: int) -> dict[bytes, int]:

@@ -69,17 +69,19 @@ def dump_kexue(
 ) -> str:
     """The kexue-format JSON text for ``pieces`` (bytes, count) in id order (ids 3, 4, ...)."""
     payload = [[base64.b64encode(p).decode("ascii"), int(c)] for p, c in pieces]
-    doc = {
+    compact = json.dumps(payload, separators=(",", ":"))  # the C encoder; also what the digest covers
+    head = {
         "format": FORMAT,
         "version": VERSION,
         "normalize": normalize,
         "special_tokens": list(SPECIAL_TOKENS),
         "num_pieces": len(payload),
-        "pieces": payload,
-        "sha256": _digest(payload),
+        "sha256": hashlib.sha256(compact.encode("ascii")).hexdigest(),
         "trainer": trainer or {},
     }
-    return json.dumps(doc, ensure_ascii=False, indent=0)
+    # one piece a line (base64 has no brackets, so "],[" only occurs between pieces)
+    text = json.dumps(head, ensure_ascii=False, indent=0)
+    return text[: text.rindex("}")].rstrip() + ',\n"pieces": ' + compact.replace("],[", "],\n[") + "\n}\n"
 
 
 def dump_original(pieces: list[tuple[bytes, int]]) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 from kexue.tokenizers._backend import core_name, resolve_core
 from kexue.tokenizers.corpus import check_reiterable, shards
 from kexue.tokenizers.ngrams import MAX_ORDER, NgramCounts, NgramLM, build_lm, merge_ngram_counts
-from kexue.tokenizers.pruning import prune_pieces
+from kexue.tokenizers.pruning import prune_piece_arrays
 from kexue.tokenizers.text import training_chunks
 from kexue.tokenizers.tokenizer import Tokenizer
 
@@ -237,9 +237,17 @@ class Trainer:
         self.ensure_unicode = ensure_unicode
         self.core = core_name(resolve_core(core))
         self.lm: NgramLM | None = None
-        self.piece_counts: dict[bytes, int] | None = None
+        self._piece_arrays: tuple[list[bytes], np.ndarray] | None = None
         self.vocabularies: list[dict[bytes, int]] = []
         self.stats: dict[str, float] = {}
+
+    @property
+    def piece_counts(self) -> dict[bytes, int] | None:
+        """The piece counts of the last training's LM segmentation (before pruning), or ``None``."""
+        if self._piece_arrays is None:
+            return None
+        keys, counts = self._piece_arrays
+        return dict(zip(keys, counts.tolist()))
 
     def options(self) -> dict[str, Any]:
         return {
@@ -368,14 +376,15 @@ class Trainer:
                 counter.add_dict(r)
         else:
             counter = self._count_pieces_local(mod, lm, corpus, workers, shard_chars, progress, total)
-        pieces = counter.to_dict()
+        keys, counts = counter.items()
         del counter
         mod.release_memory()
-        self.piece_counts = pieces
-        self.stats["pieces_counted"] = len(pieces)
+        self._piece_arrays = (keys, counts)
+        self.stats["pieces_counted"] = len(keys)
         t2 = time.perf_counter()
-        self.vocabularies = prune_pieces(
-            pieces,
+        self.vocabularies = prune_piece_arrays(
+            keys,
+            counts,
             self.max_vocab_sizes,
             self.min_count,
             self.max_piece_length,
@@ -384,9 +393,7 @@ class Trainer:
         )
         t3 = time.perf_counter()
         self.stats.update(seconds_ngrams=t1 - t0, seconds_pieces=t2 - t1, seconds_prune=t3 - t2)
-        tokenizers = [Tokenizer(v, core=self.core) for v in self.vocabularies]
-        for tok in tokenizers:
-            tok.trainer_options = self.options()
+        tokenizers = [Tokenizer._from_trainer(v, self.core, self.options()) for v in self.vocabularies]
         return tokenizers[0] if self._single else tokenizers
 
     def _count_pieces_local(
