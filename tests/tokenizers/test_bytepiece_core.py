@@ -436,3 +436,37 @@ def test_first_pieces_by_rank_equal_the_full_sort(pieces, n, data):
     )
     got = _first(n, keys, idx, counts)
     assert sorted(got.tolist()) == sorted(ranked[:n])
+
+
+@FAST
+@given(chunks=chunks_strategy(), order=st.integers(1, 7), min_count=st.integers(1, 3))
+def test_conditional_log_probs_compiled_equal_reference(chunks, order, min_count):
+    t = core.NgramTable()
+    t.add_chunks(chunks, order)
+    if len(t) == 0:
+        return
+    keys, counts = core.prune_windows(*export_sorted(t), min_count)
+    got, want = np.empty(len(keys) - 1), np.empty(len(keys) - 1)
+    core.conditional_log_probs(keys, counts, got)
+    ref.conditional_log_probs(keys, counts, want)
+    assert np.array_equal(got, want)
+    assert np.array_equal(build_lm(NgramCounts(keys, counts), order, min_count, core).L,
+                          build_lm(NgramCounts(keys, counts), order, min_count, ref).L)
+    if len(keys) > 2:  # drop a gram that is a prefix of another: both refuse
+        lens = keys & np.uint64(0xFF)
+        parents = [i for i in range(1, len(keys)) if any(
+            (keys[j] & np.uint64(0xFF)) == lens[i] + np.uint64(1)
+            and ref.unpack_gram(int(keys[j])).startswith(ref.unpack_gram(int(keys[i])))
+            for j in range(len(keys)))]
+        if parents:
+            drop = np.ones(len(keys), bool)
+            drop[parents[0]] = False
+            for mod in (core, ref):
+                with pytest.raises(ValueError, match="prefix is missing"):
+                    mod.conditional_log_probs(keys[drop], counts[drop], np.empty(int(drop.sum()) - 1))
+    if len(keys) > 2:
+        swapped = keys.copy()
+        swapped[[1, 2]] = swapped[[2, 1]]
+        for mod in (core, ref):
+            with pytest.raises(ValueError, match="sorted"):
+                mod.conditional_log_probs(swapped, counts, np.empty(len(keys) - 1))

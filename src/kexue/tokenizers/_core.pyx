@@ -1061,6 +1061,8 @@ cdef int _wt_grow(WinTable* t) noexcept nogil:
     lo = 0
     while lo < old.cap:
         for i in range(lo, min(lo + block, old.cap)):
+            if i + _AHEAD_BATCH < old.cap and old.slots[i + _AHEAD_BATCH].key != _NO_WINDOW:
+                KX_PREFETCH(&t.slots[<int64_t>(_mix(old.slots[i + _AHEAD_BATCH].key) & <uint64_t>(t.cap - 1))])
             if old.slots[i].key != _NO_WINDOW:
                 _wt_put(t, old.slots[i].key, old.slots[i].count)
         kx_discard(&old.slots[lo], min(block, old.cap - lo) * sizeof(WinSlot))
@@ -1653,28 +1655,137 @@ cdef class PieceCounter:
 # byte n-gram language-model segmentation (pass 2 of training)
 # ---------------------------------------------------------------------------------------------
 
-cdef struct LMNode:
-    int32_t base   # child of this node by byte c: t = base + c, if nodes[t].check is this node
-    int32_t check  # parent node (-1: a free slot)
-    double L       # L(g) of the gram g spelled by the path; NaN where g is only a prefix of grams
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    /* a node of the forward double-array trie of the segmentation LM: the child of node s by byte c is
+       t = nodes[s].base + c if nodes[t].check == s */
+    typedef struct { int32_t base; int32_t check; } kx_lmnode;
+
+    #if defined(__GNUC__) || defined(__clang__)
+    #define KX_INLINE static inline __attribute__((always_inline))
+    #else
+    #define KX_INLINE static inline
+    #endif
+
+    KX_INLINE void kx_lm_step(int order, const double* prev, const double* E, double* cur, int8_t* route) {
+        double best = prev[0] + E[0];
+        int arg = 0;
+        for (int jp = 1; jp < order; jp++) {
+            double c = prev[jp] + E[0];
+            if (c > best) { best = c; arg = jp; }
+        }
+        cur[0] = best;
+        route[0] = (int8_t)arg;
+        if (order >= 2) {
+            for (int j = 1; j < order - 1; j++) { cur[j] = prev[j - 1] + E[j]; route[j] = (int8_t)(j - 1); }
+            double a = prev[order - 2] + E[order - 1], b = prev[order - 1] + E[order - 1];
+            if (b > a) { cur[order - 1] = b; route[order - 1] = (int8_t)(order - 1); }
+            else { cur[order - 1] = a; route[order - 1] = (int8_t)(order - 2); }
+        }
+    }
+
+    KX_INLINE int kx_any_alive(int order, const double* cur) {
+        for (int j = 0; j < order; j++) if (cur[j] > -INFINITY) return 1;
+        return 0;
+    }
+
+    /* The forward pass of the LM Viterbi over x[0..n) (states j = 0..order-1: x[i] is the (j+1)-th byte of
+       the current piece); writes the back-pointers routes[i*order + j] and the last column. Instantiated
+       for each order so that the loops over the states unroll. */
+    KX_INLINE void kx_lm_forward_impl(int order, const kx_lmnode* nodes, const double* Ls, const uint8_t* x,
+                                      int64_t n, int ensure_unicode, int8_t* routes, double* last) {
+        int32_t act[8], nxt[8];
+        double prev[8], cur[8], E[8], E2[8];
+        for (int j = 0; j < order; j++) { act[j] = -1; prev[j] = -INFINITY; }
+        for (int64_t i = 0; i < n; i++) {
+            const uint8_t c = x[i];
+            int8_t* route = routes + i * order;
+            /* node of x[i-j..i]: the child by x[i] of the node of x[i-j..i-1], a gram ending at i - 1 */
+            nxt[0] = nodes[0].base + c;
+            for (int j = 1; j < order; j++) {
+                int32_t s = act[j - 1];
+                if (s >= 0) {
+                    int32_t t = nodes[s].base + c;
+                    nxt[j] = nodes[t].check == s ? t : -1;
+                } else {
+                    nxt[j] = -1;
+                }
+            }
+            /* E[j] = L(x[i-j..i]) up to the first gram that is not in the LM (NaN: only a prefix of grams) */
+            int dead = 0;
+            for (int j = 0; j < order; j++) {
+                act[j] = nxt[j];
+                if (!dead) {
+                    if (nxt[j] >= 0) { E[j] = Ls[nxt[j]]; dead = E[j] != E[j]; }
+                    else dead = 1;
+                }
+                if (dead) E[j] = -INFINITY;
+            }
+            const double unmasked0 = E[0];
+            if (ensure_unicode && (c & 0xC0) == 0x80) E[0] = -INFINITY;
+            if (i == 0) {
+                for (int j = 0; j < order; j++) cur[j] = E[j];
+                if (cur[0] == -INFINITY) cur[0] = unmasked0;
+                route[0] = 0;
+            } else {
+                kx_lm_step(order, prev, E, cur, route);
+                if (!kx_any_alive(order, cur)) {
+                    /* a character whose n-grams were pruned: continue the current piece through it */
+                    E2[0] = E[0];
+                    for (int j = 1; j < order; j++) E2[j] = E[j] > -INFINITY ? E[j] : 0.0;
+                    kx_lm_step(order, prev, E2, cur, route);
+                    if (!kx_any_alive(order, cur)) {
+                        E2[0] = unmasked0;
+                        kx_lm_step(order, prev, E2, cur, route);
+                    }
+                }
+            }
+            for (int j = 0; j < order; j++) prev[j] = cur[j];
+        }
+        for (int j = 0; j < order; j++) last[j] = prev[j];
+    }
+
+    static void kx_lm_forward(int order, const kx_lmnode* nodes, const double* Ls, const uint8_t* x, int64_t n,
+                              int ensure_unicode, int8_t* routes, double* last) {
+        switch (order) {
+            case 1: kx_lm_forward_impl(1, nodes, Ls, x, n, ensure_unicode, routes, last); break;
+            case 2: kx_lm_forward_impl(2, nodes, Ls, x, n, ensure_unicode, routes, last); break;
+            case 3: kx_lm_forward_impl(3, nodes, Ls, x, n, ensure_unicode, routes, last); break;
+            case 4: kx_lm_forward_impl(4, nodes, Ls, x, n, ensure_unicode, routes, last); break;
+            case 5: kx_lm_forward_impl(5, nodes, Ls, x, n, ensure_unicode, routes, last); break;
+            case 6: kx_lm_forward_impl(6, nodes, Ls, x, n, ensure_unicode, routes, last); break;
+            default: kx_lm_forward_impl(7, nodes, Ls, x, n, ensure_unicode, routes, last); break;
+        }
+    }
+    """
+    ctypedef struct kx_lmnode:
+        int32_t base
+        int32_t check
+    void kx_lm_forward(int order, const kx_lmnode* nodes, const double* Ls, const uint8_t* x, int64_t n,
+                       int ensure_unicode, int8_t* routes, double* last) noexcept nogil
 
 
 cdef class BNLMCore:
     """Viterbi segmentation of chunks under a byte n-gram LM (Su, kexue.fm/archives/3956).
 
     ``keys[i]`` (packed n-grams, ``1 <= |g| <= order``) has emission ``L[i] = log c(g) - log c(g[:-1])``.
-    The grams are held in a forward double-array trie of 16-byte nodes (base, check, L). The grams ending
+    The grams are held in a forward double-array trie of 8-byte nodes (base, check) with the
+    emissions in an array beside them. The grams ending
     at byte ``i`` are the children, by ``x[i]``, of the trie nodes of the grams ending at ``i - 1``, so the
     ``order`` look-ups of a byte are one independent memory access each, with no hashing.
     """
 
-    cdef LMNode* nodes
+    cdef kx_lmnode* nodes
+    cdef double* Ls  # L(g) of the gram g spelled by the path to each node; NaN where g is only a prefix
     cdef int64_t num_slots
     cdef int order
     cdef bint ensure_unicode
 
     def __cinit__(self):
         self.nodes = NULL
+        self.Ls = NULL
 
     def __init__(self, const uint64_t[::1] keys, const double[::1] L, int order, bint ensure_unicode):
         import numpy as np
@@ -1709,25 +1820,27 @@ cdef class BNLMCore:
         trie = DoubleArray().build(buf, offsets, idx.astype(np.int32))
         # every child slot base + c (c < 256) of a node lies below num_nodes + 256
         self.num_slots = trie.num_nodes + 256
-        self.nodes = <LMNode*>malloc(self.num_slots * sizeof(LMNode))
-        if self.nodes == NULL:
+        self.nodes = <kx_lmnode*>malloc(self.num_slots * sizeof(kx_lmnode))
+        self.Ls = <double*>malloc(self.num_slots * sizeof(double))
+        if self.nodes == NULL or self.Ls == NULL:
             raise MemoryError()
         for t in range(self.num_slots):
             if t < trie.cap:
                 self.nodes[t].base = trie.base[t]
                 self.nodes[t].check = trie.check[t]
-                self.nodes[t].L = L[trie.value[t]] if trie.value[t] >= 0 else NAN
+                self.Ls[t] = L[trie.value[t]] if trie.value[t] >= 0 else NAN
             else:
                 self.nodes[t].base = 0
                 self.nodes[t].check = -1
-                self.nodes[t].L = NAN
+                self.Ls[t] = NAN
         for b in range(256):
             t = self.nodes[0].base + b
-            if self.nodes[t].check != 0 or self.nodes[t].L != self.nodes[t].L:
+            if self.nodes[t].check != 0 or self.Ls[t] != self.Ls[t]:
                 raise ValueError(f"the n-gram table must contain every single byte; {bytes([b])!r} is missing")
 
     def __dealloc__(self):
         free(self.nodes)
+        free(self.Ls)
 
     def segment(self, bytes chunk):
         """The pieces of one chunk."""
@@ -1846,103 +1959,12 @@ cdef class BNLMCore:
             free(starts)
         return 0
 
-    cdef inline void _step(self, const double* prev, const double* E, double* cur, int8_t* route) noexcept nogil:
-        cdef int order = self.order, j, jp, arg
-        cdef double best, c, a, b
-        best = prev[0] + E[0]
-        arg = 0
-        for jp in range(1, order):
-            c = prev[jp] + E[0]
-            if c > best:
-                best = c
-                arg = jp
-        cur[0] = best
-        route[0] = <int8_t>arg
-        if order >= 2:
-            for j in range(1, order - 1):
-                cur[j] = prev[j - 1] + E[j]
-                route[j] = <int8_t>(j - 1)
-            a = prev[order - 2] + E[order - 1]
-            b = prev[order - 1] + E[order - 1]
-            if b > a:
-                cur[order - 1] = b
-                route[order - 1] = <int8_t>(order - 1)
-            else:
-                cur[order - 1] = a
-                route[order - 1] = <int8_t>(order - 2)
-
     cdef int64_t _viterbi(self, const uint8_t* x, int64_t n, double* buf, int8_t* routes,
                           int64_t* starts) noexcept nogil:
         cdef int order = self.order, j, state
         cdef double* prev = buf
-        cdef double* cur = buf + order
-        cdef double* E = buf + 2 * order
-        cdef double* E2 = buf + 3 * order
-        cdef double* tmp
-        cdef double unmasked0
         cdef int64_t i, nstarts, k
-        cdef int32_t act[8]
-        cdef int32_t nxt[8]
-        cdef int32_t s, t
-        cdef uint8_t c
-        cdef bint masked, alive, dead
-        for j in range(order):
-            act[j] = -1
-        for i in range(n):
-            # node of x[i-j..i]: the child by x[i] of the node of x[i-j..i-1] (a gram ending at i - 1)
-            c = x[i]
-            nxt[0] = self.nodes[0].base + c
-            for j in range(1, order):
-                s = act[j - 1]
-                if s >= 0:
-                    t = self.nodes[s].base + c
-                    nxt[j] = t if self.nodes[t].check == s else -1
-                else:
-                    nxt[j] = -1
-            # E[j] = L(x[i-j..i]) up to the first gram that is not in the LM
-            dead = False
-            for j in range(order):
-                act[j] = nxt[j]
-                if not dead:
-                    if nxt[j] >= 0:
-                        E[j] = self.nodes[nxt[j]].L
-                        dead = E[j] != E[j]  # NaN: only a prefix of grams
-                    else:
-                        dead = True
-                if dead:
-                    E[j] = -INFINITY
-            unmasked0 = E[0]
-            masked = self.ensure_unicode and (x[i] & 0xC0) == 0x80
-            if masked:
-                E[0] = -INFINITY
-            if i == 0:
-                for j in range(order):
-                    cur[j] = E[j]
-                if cur[0] == -INFINITY:
-                    cur[0] = unmasked0
-                routes[0] = 0
-            else:
-                self._step(prev, E, cur, routes + i * order)
-                alive = False
-                for j in range(order):
-                    if cur[j] > -INFINITY:
-                        alive = True
-                if not alive:
-                    # a character whose n-grams were pruned: continue the current piece through it
-                    E2[0] = E[0]
-                    for j in range(1, order):
-                        E2[j] = E[j] if E[j] > -INFINITY else 0.0
-                    self._step(prev, E2, cur, routes + i * order)
-                    alive = False
-                    for j in range(order):
-                        if cur[j] > -INFINITY:
-                            alive = True
-                    if not alive:
-                        E2[0] = unmasked0
-                        self._step(prev, E2, cur, routes + i * order)
-            tmp = prev
-            prev = cur
-            cur = tmp
+        kx_lm_forward(order, self.nodes, self.Ls, x, n, self.ensure_unicode, routes, prev)
         # prev holds the last column
         state = 0
         for j in range(1, order):
@@ -1964,3 +1986,55 @@ cdef class BNLMCore:
             starts[nstarts - 1 - k] = i
         starts[nstarts] = n
         return nstarts
+
+
+def conditional_log_probs(const uint64_t[::1] keys, const int64_t[::1] counts, double[::1] out):
+    """``out[i - 1] = log c(g_i) - log c(g_i[:-1])`` for sorted unique packed grams ``keys`` (``keys[0]`` the
+    empty gram, every prefix of a gram present) with positive ``counts``.
+
+    Sorted packed grams list their prefix trie in pre-order, so the parent of each gram is the last gram
+    seen one byte shorter: one scan with a stack of ancestors, no search.
+    """
+    cdef int64_t n = keys.shape[0], i
+    cdef int ln, j
+    cdef int64_t stack[8]
+    cdef uint64_t mask
+    cdef int bad = 0
+    if counts.shape[0] != n or out.shape[0] != n - 1:
+        raise ValueError("need len(counts) == len(keys) and len(out) == len(keys) - 1")
+    if n == 0 or keys[0] != 0:
+        raise ValueError("keys[0] must be the empty gram")
+    stack[0] = 0
+    for j in range(1, 8):
+        stack[j] = -1  # no gram of that length seen yet
+    with nogil:
+        for i in range(n):
+            if counts[i] <= 0:
+                bad = 1
+                break
+            if i > 0 and keys[i] <= keys[i - 1]:
+                bad = 2
+                break
+        for i in range(1, n):
+            if bad:
+                break
+            ln = <int>(keys[i] & 0xFF)
+            if ln < 1 or ln > 7:
+                bad = 3
+                break
+            # the parent must be the gram on the stack one byte shorter, equal to this gram minus its last byte
+            j = stack[ln - 1]
+            mask = (~(<uint64_t>0)) << (64 - 8 * (ln - 1)) if ln > 1 else 0
+            if j < 0 or (keys[j] & 0xFF) != <uint64_t>(ln - 1) or (keys[j] & ~(<uint64_t>0xFF)) != (keys[i] & mask):
+                bad = 4
+                break
+            stack[ln] = i
+            out[i - 1] = log(<double>counts[i]) - log(<double>counts[j])
+    if bad == 1:
+        raise ValueError("counts must be positive")
+    if bad == 2:
+        raise ValueError("keys must be sorted and unique")
+    if bad == 3:
+        raise ValueError("keys must have length 1..7")
+    if bad == 4:
+        raise ValueError("n-gram counts are inconsistent: a kept n-gram's prefix is missing")

@@ -131,8 +131,16 @@ class NgramLM:
         return float(self.L[i]) if i < len(self.keys) and self.keys[i] == key else None
 
 
-def build_lm(counts: NgramCounts, order: int, min_count: int) -> NgramLM:
-    """Prune n-gram counts (all lengths, see :func:`expand_windows`) and condition them into an LM."""
+def build_lm(counts: NgramCounts, order: int, min_count: int, core=None) -> NgramLM:
+    """Prune n-gram counts (all lengths, see :func:`expand_windows`) and condition them into an LM.
+
+    ``core``: the module computing ``L`` (:func:`conditional_log_probs` of the compiled core or of the
+    reference; the default is the compiled one when built).
+    """
+    if core is None:
+        from kexue.tokenizers._backend import resolve_core
+
+        core = resolve_core("auto")
     keys, cnt = counts.keys, counts.counts
     if len(keys) == 0 or keys[0] != 0 or cnt[0] <= 0:
         raise ValueError("the corpus is empty: no byte was counted")
@@ -145,15 +153,10 @@ def build_lm(counts: NgramCounts, order: int, min_count: int) -> NgramLM:
         cnt[0] += len(missing)
         o = np.argsort(keys)
         keys, cnt = keys[o], cnt[o]
-    ln = gram_lengths(keys)
-    keep = (ln <= 1) | (cnt >= min_count)
-    keys, cnt, ln = keys[keep], cnt[keep], ln[keep]
-    logc = np.log(cnt.astype(np.float64))
-    grams = ln >= 1
-    gk = keys[grams]
-    pk = prefix_keys(gk)
-    idx = np.searchsorted(keys, pk)
-    if np.any(keys[np.minimum(idx, len(keys) - 1)] != pk):
-        raise ValueError("n-gram counts are inconsistent: a kept n-gram's prefix is missing")
-    L = np.ascontiguousarray(logc[grams] - logc[idx])
-    return NgramLM(keys=np.ascontiguousarray(gk), L=L, order=order, num_counted=len(counts))
+    keep = ((keys & np.uint64(0xFF)) <= np.uint64(1)) | (cnt >= min_count)
+    if not keep.all():
+        keys, cnt = keys[keep], cnt[keep]
+    keys, cnt = np.ascontiguousarray(keys), np.ascontiguousarray(cnt)
+    L = np.empty(len(keys) - 1, np.float64)
+    core.conditional_log_probs(keys, cnt, L)
+    return NgramLM(keys=keys[1:], L=L, order=order, num_counted=len(counts))

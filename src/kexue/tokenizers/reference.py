@@ -646,3 +646,28 @@ class BNLMCore:
             for p in self.segment(ch):
                 counter[p] = counter.get(p, 0) + 1
         return counter
+
+
+def conditional_log_probs(keys: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+    """``out[i - 1] = log c(g_i) - log c(g_i[:-1])`` for sorted unique packed grams (``keys[0]`` empty)."""
+    if len(counts) != len(keys) or len(out) != len(keys) - 1:
+        raise ValueError("need len(counts) == len(keys) and len(out) == len(keys) - 1")
+    if len(keys) == 0 or keys[0] != 0:
+        raise ValueError("keys[0] must be the empty gram")
+    if np.any(counts <= 0):
+        raise ValueError("counts must be positive")
+    if np.any(keys[1:] <= keys[:-1]):
+        raise ValueError("keys must be sorted and unique")
+    ln = keys[1:] & np.uint64(0xFF)
+    if np.any((ln < 1) | (ln > 7)):
+        raise ValueError("keys must have length 1..7")
+    gk = keys[1:]
+    shift = (np.uint64(64) - np.uint64(8) * ln).astype(np.uint64)
+    body = (gk & ~np.uint64(0xFF)) & ~(np.uint64(0xFF) << shift)
+    pk = body | (ln - np.uint64(1))
+    idx = np.searchsorted(keys, pk)
+    if np.any(keys[np.minimum(idx, len(keys) - 1)] != pk):
+        raise ValueError("n-gram counts are inconsistent: a kept n-gram's prefix is missing")
+    logc = np.log(counts.astype(np.float64))
+    out[:] = logc[1:] - logc[idx]
+

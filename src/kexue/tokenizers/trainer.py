@@ -336,6 +336,7 @@ class Trainer:
         n = sum(len(t) for t in tables)
         if n == 0:
             raise ValueError("the corpus is empty: no text to train on")
+        self.stats["seconds_count_windows"] = time.perf_counter() - t0
         self.stats["windows_counted"] = n
         self.stats["window_table_bytes"] = sum(t.nbytes for t in tables)
         # each table holds every window of its grams (>= 2 bytes): prune them apart, in parallel; the
@@ -355,7 +356,7 @@ class Trainer:
             starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
             counts = np.add.reduceat(counts, starts).astype(np.int64)
             keys = keys[starts]
-        lm = build_lm(NgramCounts(keys, counts), order, self.lm_min_count)
+        lm = build_lm(NgramCounts(keys, counts), order, self.lm_min_count, mod)
         del keys, counts
         self.lm = lm
         self.stats["ngrams_kept"] = len(lm)
@@ -376,6 +377,7 @@ class Trainer:
                 counter.add_dict(r)
         else:
             counter = self._count_pieces_local(mod, lm, corpus, workers, shard_chars, progress, total)
+        self.stats["seconds_segment"] = time.perf_counter() - t1
         keys, counts = counter.items()
         del counter
         mod.release_memory()
