@@ -1129,11 +1129,15 @@ cdef class NgramTable:
     cdef WinTable t
     cdef uint64_t* buf  # a batch of _FLUSH windows
     cdef int64_t fill
+    cdef uint8_t* classes  # class of each first-two-bytes prefix, for classes_of parts (window_part)
+    cdef int classes_of
 
     def __cinit__(self, int64_t capacity=1 << 16):
         cdef int64_t cap = 1024
         self.buf = NULL
         self.fill = 0
+        self.classes = NULL
+        self.classes_of = 0
         self.t.slots = NULL
         self.t.mapped = 0
         while 7 * cap < 10 * capacity:
@@ -1144,6 +1148,7 @@ cdef class NgramTable:
     def __dealloc__(self):
         _wt_free(&self.t)
         free(self.buf)
+        free(self.classes)
 
     cdef inline int _add(self, uint64_t key, int64_t c) noexcept nogil:
         return _wt_add(&self.t, key, c)
@@ -1155,31 +1160,42 @@ cdef class NgramTable:
 
     cdef int _count_windows(self, const uint8_t* x, int64_t n, int order, int64_t max_chars,
                             int64_t max_newlines, uint64_t part, uint64_t parts) noexcept nogil:
-        # the window at i is the register w: x[i], x[i+1], ... big-endian, with zero bytes past the end of
-        # the chunk; it is shifted one byte on at each position
-        cdef int64_t i, ce = 0, ln
+        # chunk by chunk; the window at i is the register w: x[i], x[i+1], ... big-endian, with zero bytes
+        # past the end of the chunk, shifted one byte on at each position. With parts > 1, self.parts maps
+        # the window's first two bytes to its class.
+        cdef int64_t i, a = 0, ce, full
         cdef int k
-        cdef uint64_t w = 0, key
+        cdef uint64_t w, key
         cdef uint64_t top = (~(<uint64_t>0)) << (64 - 8 * order)
-        for i in range(n):
-            if i == ce:
-                ce = _next_chunk(x, i, n, max_chars, max_newlines)
-                w = 0
-                for k in range(order):
-                    if i + k < ce:
-                        w |= (<uint64_t>x[i + k]) << (56 - 8 * k)
-            else:
-                w = (w << 8) & top
+        cdef int shift = 64 - 8 * order
+        cdef uint64_t* buf = self.buf
+        cdef int64_t fill = self.fill
+        cdef const uint8_t* classes = self.classes if 1 < parts <= 256 else NULL
+        cdef uint8_t mine = <uint8_t>part
+        while a < n:
+            ce = _next_chunk(x, a, n, max_chars, max_newlines)
+            w = 0
+            for k in range(order - 1):
+                if a + k < ce:
+                    w |= (<uint64_t>x[a + k]) << (56 - 8 * k)
+            full = ce - order + 1  # positions before this one have a whole window
+            i = a
+            while i < ce:
+                w = (w << 8) & top if i > a else w
                 if i + order - 1 < ce:
-                    w |= (<uint64_t>x[i + order - 1]) << (64 - 8 * order)
-            ln = ce - i
-            key = w | <uint64_t>(order if ln > order else ln)
-            if parts > 1 and _part(key, parts) != part:
-                continue
-            self.buf[self.fill] = key
-            self.fill += 1
-            if self.fill == _FLUSH and self._flush() < 0:
-                return -1
+                    w |= (<uint64_t>x[i + order - 1]) << shift
+                key = w | <uint64_t>(order if i < full else ce - i)
+                if parts == 1 or (classes[key >> 48] == mine if classes != NULL else _part(key, parts) == part):
+                    buf[fill] = key
+                    fill += 1
+                    if fill == _FLUSH:
+                        self.fill = fill
+                        if self._flush() < 0:
+                            return -1
+                        fill = 0
+                i += 1
+            a = ce
+        self.fill = fill
         return 0
 
     def __len__(self):
@@ -1203,6 +1219,14 @@ cdef class NgramTable:
             self.buf = <uint64_t*>malloc(_FLUSH * sizeof(uint64_t))
             if self.buf == NULL:
                 raise MemoryError("n-gram table")
+        if 1 < parts <= 256 and self.classes_of != parts:
+            if self.classes == NULL:
+                self.classes = <uint8_t*>malloc(65536)
+                if self.classes == NULL:
+                    raise MemoryError("n-gram table")
+            for ci in range(65536):
+                self.classes[ci] = <uint8_t>_part((<uint64_t>ci) << 48, parts)
+            self.classes_of = parts
         _bytes_list(items, what, &ptrs, &lens)
         try:
             with nogil:
