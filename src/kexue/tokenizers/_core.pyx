@@ -345,19 +345,15 @@ cdef void* _xrealloc(void* p, size_t size) except NULL:
 
 cdef DoubleArray _reversed_trie(list keys):
     """Trie over the reversed ``keys`` (value = index in ``keys``)."""
-    import array
+    import numpy as np
 
     cdef DoubleArray trie = DoubleArray()
     rev = [k[::-1] for k in keys]
     order = sorted(range(len(rev)), key=rev.__getitem__)
     ordered = [rev[i] for i in order]
-    buf = b"".join(ordered)
-    offsets = array.array("q", [0])
-    pos = 0
-    for r in ordered:
-        pos += len(r)
-        offsets.append(pos)
-    trie.build(buf, offsets, array.array("i", order))
+    offsets = np.zeros(len(ordered) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, ordered), np.int64, count=len(ordered)), out=offsets[1:])
+    trie.build(b"".join(ordered), offsets, np.array(order, dtype=np.int32))
     return trie
 
 
@@ -1823,25 +1819,42 @@ cdef class BNLMCore:
             raise ValueError(f"L has {L.shape[0]} entries but there are {n} keys")
         self.order = order
         self.ensure_unicode = ensure_unicode
-        karr = np.asarray(keys)
-        lens = (karr & np.uint64(0xFF)).astype(np.int64)
-        bad = np.flatnonzero((lens < 1) | (lens > order))
-        if len(bad):
-            raise ValueError(f"key {bad[0]} has length {lens[bad[0]]}; expected 1..{order}")
-        Larr = np.asarray(L)
-        if np.isnan(Larr).any():
-            raise ValueError("L must not contain NaN")
-        idx = np.argsort(karr, kind="stable")
-        sk = karr[idx]
-        if n > 1 and bool((sk[1:] == sk[:-1]).any()):
-            raise ValueError("keys must be unique")
+        cdef bint ordered = True
+        cdef int ln, d
+        cdef uint64_t key
+        cdef uint8_t[::1] bv
+        cdef int64_t[::1] ov
+        cdef const uint64_t[::1] sv
+        for i in range(n):
+            ln = <int>(keys[i] & 0xFF)
+            if ln < 1 or ln > order:
+                raise ValueError(f"key {i} has length {ln}; expected 1..{order}")
+            if L[i] != L[i]:
+                raise ValueError("L must not contain NaN")
+            if i > 0 and keys[i] <= keys[i - 1]:
+                ordered = False
+        if ordered:  # the trainer's LM: sorted and unique already
+            sk = np.asarray(keys)
+            idx = np.arange(n, dtype=np.int32)
+        else:
+            idx = np.argsort(np.asarray(keys), kind="stable").astype(np.int32)
+            sk = np.asarray(keys)[idx]
+            if n > 1 and bool((sk[1:] == sk[:-1]).any()):
+                raise ValueError("keys must be unique")
         # the grams as byte strings in sorted order (packed keys sort as their byte strings)
-        sl = lens[idx]
-        be = (sk & ~np.uint64(0xFF)).byteswap().view(np.uint8).reshape(-1, 8)
-        buf = np.ascontiguousarray(be[np.arange(8)[None, :] < sl[:, None]])
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(sl, out=offsets[1:])
-        trie = DoubleArray().build(buf, offsets, idx.astype(np.int32))
+        sv = sk
+        offsets = np.empty(n + 1, np.int64)
+        ov = offsets
+        ov[0] = 0
+        for i in range(n):
+            ov[i + 1] = ov[i] + <int64_t>(sv[i] & 0xFF)
+        buf = np.empty(max(ov[n], 1), np.uint8)
+        bv = buf
+        for i in range(n):
+            key = sv[i]
+            for d in range(<int>(key & 0xFF)):
+                bv[ov[i] + d] = <uint8_t>(key >> (56 - 8 * d))
+        trie = DoubleArray().build(buf[: ov[n]], offsets, idx)
         # every child slot base + c (c < 256) of a node lies below num_nodes + 256
         self.num_slots = trie.num_nodes + 256
         self.nodes = <kx_lmnode*>malloc(self.num_slots * sizeof(kx_lmnode))

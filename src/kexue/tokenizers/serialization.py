@@ -68,14 +68,16 @@ def dump_kexue(
     pieces: list[tuple[bytes, int]], normalize: str | None, trainer: dict[str, Any] | None = None
 ) -> str:
     """The kexue-format JSON text for ``pieces`` (bytes, count) in id order (ids 3, 4, ...)."""
-    payload = [[base64.b64encode(p).decode("ascii"), int(c)] for p, c in pieces]
-    compact = json.dumps(payload, separators=(",", ":"))  # the C encoder; also what the digest covers
+    # json.dumps(pieces as [[base64, count], ...], separators=(",", ":")), written out directly: base64
+    # needs no escaping. The digest covers this text.
+    b64 = binascii.b2a_base64
+    compact = "[" + ",".join(['["%s",%d]' % (b64(p, newline=False).decode("ascii"), c) for p, c in pieces]) + "]"
     head = {
         "format": FORMAT,
         "version": VERSION,
         "normalize": normalize,
         "special_tokens": list(SPECIAL_TOKENS),
-        "num_pieces": len(payload),
+        "num_pieces": len(pieces),
         "sha256": hashlib.sha256(compact.encode("ascii")).hexdigest(),
         "trainer": trainer or {},
     }

@@ -102,11 +102,19 @@ class Tokenizer:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
-        self._setup(items, normalize, dict(options.get("trainer") or {}), seed, core)
+        self._setup(
+            [p for p, _ in items],
+            np.array([c for _, c in items], dtype=np.int64),
+            normalize,
+            dict(options.get("trainer") or {}),
+            seed,
+            core,
+        )
 
     def _setup(
         self,
-        items: list[tuple[bytes, int]],
+        pieces: list[bytes],
+        counts: np.ndarray,
         normalize: str | None,
         trainer_options: dict[str, Any],
         seed: int | None,
@@ -114,15 +122,15 @@ class Tokenizer:
     ) -> None:
         self.normalize: str | None = normalize
         self.trainer_options: dict[str, Any] = trainer_options
-        self._pieces: list[bytes] = [p for p, _ in items]
-        self._counts = np.array([c for _, c in items], dtype=np.int64)
-        self._piece_to_id = {p: i + NUM_SPECIAL for i, p in enumerate(self._pieces)}
+        self._pieces: list[bytes] = pieces
+        self._counts = counts
+        self._piece_to_id = dict(zip(pieces, range(NUM_SPECIAL, NUM_SPECIAL + len(pieces))))
         total = int(self._counts.sum())
         self._logp = np.ascontiguousarray(np.log(self._counts.astype(np.float64)) - np.log(total))
         self._core_module = resolve_core(core)
         self._core = self._core_module.UnigramCore(self._pieces, self._logp)
         self._table = [b""] * NUM_SPECIAL + self._pieces
-        self._max_len = max(len(p) for p in self._pieces)
+        self._max_len = max(map(len, self._pieces))
         self._seed = seed
         self._rng = np.random.default_rng(seed)
 
@@ -130,8 +138,10 @@ class Tokenizer:
     def _from_trainer(cls, vocabulary: dict[bytes, int], core: str, trainer_options: dict[str, Any]) -> Tokenizer:
         """A trained vocabulary (bytes -> positive int, every single byte present): no validation pass."""
         tok = cls.__new__(cls)
-        items = sorted(vocabulary.items(), key=lambda t: (len(t[0]), t[0]))
-        tok._setup(items, "NFC", dict(trainer_options), None, core)
+        pieces = sorted(vocabulary)  # by bytes, then (stable) by length: the order of _from_counts
+        pieces.sort(key=len)
+        counts = np.fromiter(map(vocabulary.__getitem__, pieces), np.int64, count=len(pieces))
+        tok._setup(pieces, counts, "NFC", dict(trainer_options), None, core)
         return tok
 
     # --- basic properties -----------------------------------------------------------------
