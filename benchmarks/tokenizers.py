@@ -7,7 +7,8 @@ own standard-library sources; whatever is installed), every tokenizer at *our fi
 (3 special tokens on each side). Reports, per tokenizer:
 
 * training: wall seconds, CPU seconds (process + children), peak RSS (MB). Each trainer runs in a fresh
-  spawned process that imports its library and receives the corpus *before* the clock starts. The peak is
+  spawned process that imports its library and receives the corpus *before* the clock starts (then idles
+  0.5 s, so that threads started by the imports, such as OpenBLAS's spinning pool, are quiet). The peak is
   the kernel's high-water mark of that process (``VmHWM``, reset just before training), so nothing runs
   beside the trainer on the measured cores; a trainer with worker processes (the original bytepiece) is
   sampled instead, the RSS summed over its process tree every 5 ms. "RSS" is the peak of the whole
@@ -182,6 +183,9 @@ def _child(fn, args, warm, conn):
 
     for name in warm:  # the library's import is not training time
         importlib.import_module(name)
+    # let the import's background threads settle: numpy's OpenBLAS pool spins for ~0.05 s CPU after it
+    # starts, which would otherwise run beside the trainer on the measured cores
+    time.sleep(0.5)
     own_peak = _reset_peak()  # the peak is then read by the kernel, with no sampling beside the run
     conn.send((psutil.Process().memory_info().rss / 2**20, own_peak))  # baseline, just before training
     t0, c0 = time.perf_counter(), time.process_time()

@@ -1733,6 +1733,17 @@ cdef extern from *:
                     nxt[j] = -1;
                 }
             }
+            /* the nodes looked up at i + 1 are known now: start loading them while this byte is scored */
+            if (i + 1 < n) {
+                const uint8_t c1 = x[i + 1];
+                for (int j = 0; j < order - 1; j++) {
+                    if (nxt[j] >= 0) {
+                        int32_t t1 = nodes[nxt[j]].base + c1;
+                        KX_PREFETCH(&nodes[t1]);
+                        KX_PREFETCH(&Ls[t1]);
+                    }
+                }
+            }
             /* E[j] = L(x[i-j..i]) up to the first gram that is not in the LM (NaN: only a prefix of grams) */
             int dead = 0;
             for (int j = 0; j < order; j++) {

@@ -85,7 +85,7 @@ def shards(corpus: Iterable, shard_chars: int, start_index: int = 0) -> Iterator
     buf: list[str] = []
     size = 0
     for i, item in enumerate(corpus, start_index):
-        text = as_text(item, where=f"corpus item {i}")
+        text = item if type(item) is str else as_text(item, where=f"corpus item {i}")
         buf.append(text)
         size += len(text)
         if size >= shard_chars:

@@ -26,6 +26,7 @@ worker. Results are exact integers: they do not depend on ``workers``, ``shard_c
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 import unicodedata
@@ -62,8 +63,9 @@ def prepare_texts(texts: list[str], isolate_digits: bool) -> list[bytes]:
     """What the core chunks: NFC-normalised UTF-8 texts (with ``isolate_digits``, their regex chunks)."""
     if isolate_digits:
         return [c for t in texts for c in training_chunks(t, True)]
+    normalize = unicodedata.normalize
     try:
-        return [unicodedata.normalize("NFC", t).encode("utf-8") for t in texts]
+        return [normalize("NFC", t).encode() for t in texts]
     except UnicodeEncodeError as exc:
         raise ValueError(f"a corpus item is not encodable as UTF-8 ({exc.reason})") from exc
 
@@ -285,9 +287,13 @@ class Trainer:
             progress = sys.stderr.isatty()
         total = _corpus_size(corpus) if progress else None
         own_ray = backend == "ray" and _ray_start(workers)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # training makes no reference cycles; the collector would only re-scan the corpus
         try:
             return self._train(corpus, workers, backend, shard_chars, progress, total)
         finally:
+            if gc_was_enabled:
+                gc.enable()
             if own_ray:
                 import ray
 
