@@ -100,6 +100,7 @@ def release_memory():
 # hash-table look-ups run this many positions ahead of their use (independent cache misses overlap)
 DEF _AHEAD = 8
 DEF _AHEAD_BATCH = 16
+DEF _AHEAD_PIECES = 4
 
 # ---------------------------------------------------------------------------------------------
 # random numbers: splitmix64 seeding + xoshiro256**
@@ -1558,19 +1559,25 @@ cdef class PieceCounter:
         self.cap = new_cap
         return 0
 
-    cdef int _add(self, const uint8_t* p, int64_t n, int64_t c) noexcept nogil:
-        cdef uint64_t hv
+    cdef inline int _add(self, const uint8_t* p, int64_t n, int64_t c) noexcept nogil:
+        return self._add_hashed(p, n, _hash_bytes(p, n), c)
+
+    cdef inline void _prefetch(self, uint64_t hv) noexcept nogil:
+        KX_PREFETCH(&self.slots[<int64_t>(hv & <uint64_t>(self.cap - 1))])
+
+    cdef int _add_hashed(self, const uint8_t* p, int64_t n, uint64_t hv, int64_t c) noexcept nogil:
+        # for a given length <= 8 the hash is a bijection of the bytes (xor, odd multiplication and
+        # xor-shift are invertible), so an equal hash is an equal piece: no look in the arena
         cdef int64_t h, mask, need
         cdef void* tmp
         if 10 * (self.size + 1) > 7 * self.cap:
             if self._grow() < 0:
                 return -1
-        hv = _hash_bytes(p, n)
         mask = self.cap - 1
         h = <int64_t>(hv & <uint64_t>mask)
         while self.slots[h].off >= 0:
             if (self.slots[h].hash == hv and self.slots[h].length == n
-                    and memcmp(self.arena + self.slots[h].off, p, n) == 0):
+                    and (n <= 8 or memcmp(self.arena + self.slots[h].off, p, n) == 0)):
                 self.slots[h].count += c
                 return 0
             h = (h + 1) & mask
@@ -1935,6 +1942,7 @@ cdef class BNLMCore:
         cdef double buf[32]
         cdef int8_t* routes = NULL
         cdef int64_t* starts = NULL
+        cdef uint64_t* hashes = NULL
         cdef int64_t room = 0, a, e, n, nstarts, k
         cdef Py_ssize_t ci
         cdef const uint8_t* x
@@ -1958,9 +1966,21 @@ cdef class BNLMCore:
                         rc = -1
                         break
                     starts = <int64_t*>tmp
+                    tmp = realloc(hashes, (room + 1) * sizeof(uint64_t))
+                    if tmp == NULL:
+                        rc = -1
+                        break
+                    hashes = <uint64_t*>tmp
                 nstarts = self._viterbi(x + a, n, buf, routes, starts)
+                # hash every piece first and warm its slot, then count
                 for k in range(nstarts):
-                    if counter._add(x + a + starts[k], starts[k + 1] - starts[k], 1) < 0:
+                    hashes[k] = _hash_bytes(x + a + starts[k], starts[k + 1] - starts[k])
+                    if k < _AHEAD_PIECES:
+                        counter._prefetch(hashes[k])
+                for k in range(nstarts):
+                    if k + _AHEAD_PIECES < nstarts:
+                        counter._prefetch(hashes[k + _AHEAD_PIECES])
+                    if counter._add_hashed(x + a + starts[k], starts[k + 1] - starts[k], hashes[k], 1) < 0:
                         rc = -1
                         break
                 if rc < 0:
@@ -1970,6 +1990,7 @@ cdef class BNLMCore:
                 break
         free(routes)
         free(starts)
+        free(hashes)
         return rc
 
     cdef int _segment(self, bytes chunk, list out, dict counter) except -1:
