@@ -14,7 +14,8 @@ own standard-library sources; whatever is installed), every tokenizer at *our fi
   sampled instead, the RSS summed over its process tree every 5 ms. "RSS" is the peak of the whole
   process, "+RSS" the peak minus the process's RSS just before training (what training itself
   allocates). Every trainer gets the same parallelism (``--workers`` threads/processes where it has the
-  option);
+  option). Ours and SentencePiece (BPE, then Unigram) train ``--repeats`` times and report medians; ours
+  alternates with SentencePiece BPE, the peer of the time and memory targets;
 * compression: bytes per token on held-out text of each source (not the training text);
 * encode throughput: MB/s on the held-out text; "single": one call per line, CPU time; "batch": one
   batch call (threads where the library has them), wall time; medians of interleaved repeats.
@@ -319,12 +320,25 @@ def main() -> None:
     encoders: dict[str, tuple] = {}
 
     os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # HF tokenizers: the same parallelism
-    wall, cpu, rss, drss = measure_median(
-        args.repeats, _train_ours, train, vocab, args.workers, str(tmp / "ours.json")
-    )
+    # ours and SentencePiece BPE (the peer of the time and memory targets) alternate, so that a drift of
+    # the machine's speed during the run falls on both; medians of each
+    runs = [measure(_train_ours, train, vocab, args.workers, str(tmp / "ours.json"))]
     ours = Tokenizer(tmp / "ours.json")
     final = ours.vocab_size
     print(f"ours: final vocabulary {final} (target {vocab})")
+    try:
+        import sentencepiece  # noqa: F401
+
+        have_sp = True
+    except ImportError:
+        have_sp = False
+    sp_bpe_runs = []
+    for r in range(args.repeats):
+        if have_sp:
+            sp_bpe_runs.append(measure(_train_sp, train, final, "bpe", str(tmp / "bpe"), args.workers))
+        if r < args.repeats - 1:
+            runs.append(measure(_train_ours, train, vocab, args.workers, str(tmp / "ours.json")))
+    wall, cpu, rss, drss = (statistics.median(x[i] for x in runs) for i in range(4))
     rows["kexue BytePiece"] = {"train_wall": wall, "train_cpu": cpu, "rss": rss, "+rss": drss}
     encoders["kexue BytePiece"] = (ours.encode, lambda lines: ours.encode_batch(lines))
 
@@ -375,7 +389,10 @@ def main() -> None:
 
         for label, mt in (("SentencePiece BPE", "bpe"), ("SentencePiece Unigram", "unigram")):
             prefix = str(tmp / mt)
-            w, c, r, dr = measure_median(args.repeats, _train_sp, train, final, mt, prefix, args.workers)
+            if mt == "bpe":  # measured above, alternating with ours
+                w, c, r, dr = (statistics.median(x[i] for x in sp_bpe_runs) for i in range(4))
+            else:
+                w, c, r, dr = measure_median(args.repeats, _train_sp, train, final, mt, prefix, args.workers)
             sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
             rows[label] = {"train_wall": w, "train_cpu": c, "rss": r, "+rss": dr}
             encoders[label] = (sp.encode, lambda lines, sp=sp: sp.encode(lines, num_threads=os.cpu_count()))
