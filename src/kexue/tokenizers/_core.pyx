@@ -1182,14 +1182,17 @@ cdef class NgramTable:
                 if i + order - 1 < ce:
                     w |= (<uint64_t>x[i + order - 1]) << shift
                 key = w | <uint64_t>(order if i < full else ce - i)
-                if parts == 1 or (classes[key >> 48] == mine if classes != NULL else _part(key, parts) == part):
-                    buf[fill] = key
-                    fill += 1
-                    if fill == _FLUSH:
-                        self.fill = fill
-                        if self._flush() < 0:
-                            return -1
-                        fill = 0
+                # appended without a branch: the class test is a coin flip the predictor cannot learn
+                buf[fill] = key
+                if classes != NULL:
+                    fill += classes[key >> 48] == mine
+                else:
+                    fill += parts == 1 or _part(key, parts) == part
+                if fill == _FLUSH:
+                    self.fill = fill
+                    if self._flush() < 0:
+                        return -1
+                    fill = 0
                 i += 1
             a = ce
         self.fill = fill
@@ -1338,10 +1341,9 @@ cdef class NgramTable:
         memset(&out, 0, sizeof(out))
         try:
             with nogil:
-                for i in range(t.cap):
-                    if t.slots[i].key != _NO_WINDOW:
-                        t.slots[j] = t.slots[i]
-                        j += 1
+                for i in range(t.cap):  # without a branch: about half the slots are empty, at random
+                    t.slots[j] = t.slots[i]
+                    j += t.slots[i].key != _NO_WINDOW
                 # give back the pages past the compacted slots; the hash layout is gone from here on
                 kx_discard(&t.slots[n], t.mapped - n * sizeof(WinSlot))
                 t.cap = 0
