@@ -470,3 +470,39 @@ def test_conditional_log_probs_compiled_equal_reference(chunks, order, min_count
         for mod in (core, ref):
             with pytest.raises(ValueError, match="sorted"):
                 mod.conditional_log_probs(swapped, counts, np.empty(len(keys) - 1))
+
+
+@FAST
+@given(
+    grams=st.dictionaries(
+        st.lists(st.sampled_from(b"ab\x80\xe4"), min_size=2, max_size=4).map(bytes), st.floats(-9, 0), max_size=30
+    ),
+    order=st.integers(2, 5),
+    eu=st.booleans(),
+    chunks=st.lists(st.lists(st.sampled_from(b"ab\x80\xe4c"), max_size=25).map(bytes), max_size=6),
+    data=st.data(),
+)
+def test_bnlm_with_any_gram_set_matches_reference(grams, order, eu, chunks, data):
+    # grams whose prefixes (or suffixes) are not grams, in any key order: the trie walk of the compiled
+    # core must still find exactly the grams the reference finds
+    from kexue.tokenizers.reference import pack_gram
+
+    table = {bytes([b]): -5.5 - b / 100 for b in range(256)}
+    table.update({g: v for g, v in grams.items() if len(g) <= order})
+    items = data.draw(st.permutations(list(table.items())))
+    keys = np.array([pack_gram(g) for g, _ in items], np.uint64)
+    L = np.array([v for _, v in items], np.float64)
+    c, r = core.BNLMCore(keys, L, order, eu), ref.BNLMCore(keys, L, order, eu)
+    for ch in chunks:
+        assert c.segment(ch) == r.segment(ch)
+    assert c.count_pieces(chunks) == r.count_pieces(chunks)
+    counter = core.PieceCounter()
+    c.count_texts(chunks, counter)
+    rc = ref.PieceCounter()
+    r.count_texts(chunks, rc)
+    assert counter.to_dict() == rc.to_dict()
+    with pytest.raises(ValueError, match="NaN"):
+        core.BNLMCore(keys, np.where(np.arange(len(L)) == 0, np.nan, L), order, eu)
+    if len(keys) > 1:
+        with pytest.raises(ValueError, match="unique"):
+            core.BNLMCore(np.concatenate([keys, keys[:1]]), np.concatenate([L, L[:1]]), order, eu)

@@ -13,7 +13,9 @@ Three hot paths, each mirrored line by line by :mod:`kexue.tokenizers.reference`
   GIL.
 * :class:`NgramTable` / :class:`BNLMCore` -- n-gram counting with packed ``uint64`` keys in an
   open-addressing hash map, and the byte n-gram language-model segmentation (Viterbi over
-  ``(position, state)``) used to train the vocabulary.
+  ``(position, state)``, its n-grams in a forward double-array trie) used to train the vocabulary. The
+  forward pass is plain C in this file (``kx_lm_forward``), compiled once per order so that its loops
+  over the states unroll.
 
 Randomness comes from xoshiro256** seeded by splitmix64 from ``(seed, stream)``; uniforms are
 ``(next >> 11) * 2**-53``.
@@ -1811,10 +1813,12 @@ cdef class BNLMCore:
     """Viterbi segmentation of chunks under a byte n-gram LM (Su, kexue.fm/archives/3956).
 
     ``keys[i]`` (packed n-grams, ``1 <= |g| <= order``) has emission ``L[i] = log c(g) - log c(g[:-1])``.
-    The grams are held in a forward double-array trie of 8-byte nodes (base, check) with the
-    emissions in an array beside them. The grams ending
-    at byte ``i`` are the children, by ``x[i]``, of the trie nodes of the grams ending at ``i - 1``, so the
-    ``order`` look-ups of a byte are one independent memory access each, with no hashing.
+    The grams are held in a forward double-array trie of 8-byte nodes (base, check) with the emissions in
+    an array beside them. The grams ending at byte ``i`` are the children, by ``x[i]``, of the trie nodes of
+    the grams ending at ``i - 1``, so the ``order`` look-ups of a byte are one independent memory access
+    each, with no hashing, and those of byte ``i + 1`` are prefetched while byte ``i`` is scored. Exact for
+    any set of grams (a gram that is only a prefix of others has emission NaN in the trie and counts as
+    absent), equal to the reference's look-ups.
     """
 
     cdef kx_lmnode* nodes

@@ -4,23 +4,30 @@ From "BytePiece：更纯粹、更高压缩率的Tokenizer" (2023-09-07, kexue.fm
 that of "【中文分词系列】 5. 基于语言模型的无监督分词" (2016-09-12, kexue.fm/archives/3956).
 
 1. pass 1: exact counts of the ``order``-byte *windows* at every position of every training chunk
-   (:mod:`kexue.tokenizers.text`; one hash-table update per byte), sorted (radix), then expanded into the
-   counts ``c(g)`` of every n-gram ``|g| <= order`` and pruned (``c(g) >= min_count``) in one post-order scan
-   that never materialises the pruned grams (``prune_windows``);
-2. :func:`kexue.tokenizers.ngrams.build_lm`: ``L(g) = log c(g) - log c(g[:-1])``;
+   (:mod:`kexue.tokenizers.text`; one hash-table update per byte, in batches whose slots are prefetched),
+   sorted (radix), then expanded into the counts ``c(g)`` of every n-gram ``|g| <= order`` and pruned
+   (``c(g) >= lm_min_count``) in one post-order scan that never materialises the pruned grams
+   (``prune_windows``);
+2. :func:`kexue.tokenizers.ngrams.build_lm`: ``L(g) = log c(g) - log c(g[:-1])`` (one stack scan of the
+   sorted grams);
 3. pass 2: segment every chunk by the Viterbi path of the n-gram LM restarted at each piece (states
    ``j = 0..order-1``, emission ``L(x[i-j..i])``, no piece starting on a UTF-8 continuation byte with
-   ``ensure_unicode``) and count pieces in a byte-string hash table;
+   ``ensure_unicode``), the grams ending at each byte found by walking a double-array trie, and count
+   pieces in a byte-string hash table;
 4. :func:`kexue.tokenizers.pruning.prune_pieces`: prune to ``max_vocab_size``.
 
 Both passes run in the compiled core without the GIL (chunking included), so ``backend="local"`` uses
-``workers`` *threads*, each with its own count table, merged at the end of the pass; nothing is pickled or
-copied between processes. ``backend="ray"`` runs the map functions :func:`count_ngrams_shard` /
-:func:`count_pieces_shard` as Ray tasks (``pip install ray``) and reduces their results as they arrive.
-At most ``2 * workers`` shards of text are in flight; the corpus is streamed twice and never held.
+``workers`` *threads*; nothing is pickled or copied between processes. In pass 1 every thread reads every
+shard and counts the windows of its own class (a hash of their first two bytes), so the tables are
+disjoint; in pass 2 the threads share the LM and count the pieces of their share of each shard in their
+own tables, merged at the end. Threads are not synchronised per shard: one may run up to 3 shards ahead.
+``backend="ray"`` runs the map functions :func:`count_ngrams_shard` / :func:`count_pieces_shard` as Ray
+tasks (``pip install ray``) and reduces their results as they arrive. At most ``2 * workers`` shards of
+text are in flight; the corpus is streamed twice and never held.
 
-Memory: the window table (16 bytes a slot, load <= 0.7, one table per worker during pass 1), then the
-sorted windows (16 bytes each) and the kept n-grams; in pass 2 the LM hash table and one piece table per
+Memory: the window tables (16 bytes a slot, load <= 0.7, one per worker during pass 1, sized from a
+sample of a list corpus so that a corpus of a few MB needs no doubling), then the sorted windows (16 bytes
+each, in place) and the kept n-grams; in pass 2 the LM trie (16 bytes a gram) and one piece table per
 worker. Results are exact integers: they do not depend on ``workers``, ``shard_chars`` or the backend.
 """
 
