@@ -450,14 +450,21 @@ def test_conditional_log_probs_compiled_equal_reference(chunks, order, min_count
     core.conditional_log_probs(keys, counts, got)
     ref.conditional_log_probs(keys, counts, want)
     assert np.array_equal(got, want)
-    assert np.array_equal(build_lm(NgramCounts(keys, counts), order, min_count, core).L,
-                          build_lm(NgramCounts(keys, counts), order, min_count, ref).L)
+    assert np.array_equal(
+        build_lm(NgramCounts(keys, counts), order, min_count, core).L,
+        build_lm(NgramCounts(keys, counts), order, min_count, ref).L,
+    )
     if len(keys) > 2:  # drop a gram that is a prefix of another: both refuse
         lens = keys & np.uint64(0xFF)
-        parents = [i for i in range(1, len(keys)) if any(
-            (keys[j] & np.uint64(0xFF)) == lens[i] + np.uint64(1)
-            and ref.unpack_gram(int(keys[j])).startswith(ref.unpack_gram(int(keys[i])))
-            for j in range(len(keys)))]
+        parents = [
+            i
+            for i in range(1, len(keys))
+            if any(
+                (keys[j] & np.uint64(0xFF)) == lens[i] + np.uint64(1)
+                and ref.unpack_gram(int(keys[j])).startswith(ref.unpack_gram(int(keys[i])))
+                for j in range(len(keys))
+            )
+        ]
         if parents:
             drop = np.ones(len(keys), bool)
             drop[parents[0]] = False
@@ -475,7 +482,9 @@ def test_conditional_log_probs_compiled_equal_reference(chunks, order, min_count
 @FAST
 @given(
     grams=st.dictionaries(
-        st.lists(st.sampled_from(b"ab\x80\xe4"), min_size=2, max_size=4).map(bytes), st.floats(-9, 0), max_size=30
+        st.lists(st.sampled_from(b"ab\x80\xe4"), min_size=2, max_size=4).map(bytes),
+        st.floats(-9, 0),
+        max_size=30,
     ),
     order=st.integers(2, 5),
     eu=st.booleans(),

@@ -670,4 +670,3 @@ def conditional_log_probs(keys: np.ndarray, counts: np.ndarray, out: np.ndarray)
         raise ValueError("n-gram counts are inconsistent: a kept n-gram's prefix is missing")
     logc = np.log(counts.astype(np.float64))
     out[:] = logc[1:] - logc[idx]
-

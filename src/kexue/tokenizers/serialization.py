@@ -71,7 +71,7 @@ def dump_kexue(
     # json.dumps(pieces as [[base64, count], ...], separators=(",", ":")), written out directly: base64
     # needs no escaping. The digest covers this text.
     b64 = binascii.b2a_base64
-    compact = "[" + ",".join(['["%s",%d]' % (b64(p, newline=False).decode("ascii"), c) for p, c in pieces]) + "]"
+    compact = "[" + ",".join([f'["{b64(p, newline=False).decode("ascii")}",{c:d}]' for p, c in pieces]) + "]"
     head = {
         "format": FORMAT,
         "version": VERSION,

@@ -135,7 +135,9 @@ class Tokenizer:
         self._rng = np.random.default_rng(seed)
 
     @classmethod
-    def _from_trainer(cls, vocabulary: dict[bytes, int], core: str, trainer_options: dict[str, Any]) -> Tokenizer:
+    def _from_trainer(
+        cls, vocabulary: dict[bytes, int], core: str, trainer_options: dict[str, Any]
+    ) -> Tokenizer:
         """A trained vocabulary (bytes -> positive int, every single byte present): no validation pass."""
         tok = cls.__new__(cls)
         pieces = sorted(vocabulary)  # by bytes, then (stable) by length: the order of _from_counts
