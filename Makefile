@@ -30,7 +30,8 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]' $(TORCH)
 	@# The original BytePiece needs pyahocorasick built with bytes support; its benchmark rows are skipped without it.
-	-AHOCORASICK_BYTES=1 $(BIN)/python -m pip install --quiet --no-binary pyahocorasick pyahocorasick==2.3.1 \
+	-$(BIN)/python -m pip install --quiet Cython setuptools wheel tqdm \
+	  && AHOCORASICK_BYTES=1 $(BIN)/python -m pip install --quiet --no-binary pyahocorasick pyahocorasick==2.3.1 \
 	  && $(BIN)/python -m pip install --quiet --no-build-isolation bytepiece==0.6.3
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 

@@ -19,7 +19,7 @@ same table.
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,7 +111,7 @@ class NgramLM:
     L: np.ndarray
     order: int
     num_counted: int
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    token: str = field(default_factory=lambda: os.urandom(16).hex())
 
     def __len__(self) -> int:
         return len(self.L)

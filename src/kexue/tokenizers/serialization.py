@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +36,14 @@ VERSION = 1
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
 
+def _sha256(text: str) -> str:
+    import hashlib  # here, not at import time: it loads OpenSSL (3.5 MB of RSS in every importer)
+
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def _digest(pieces: list) -> str:
-    return hashlib.sha256(json.dumps(pieces, separators=(",", ":")).encode("ascii")).hexdigest()
+    return _sha256(json.dumps(pieces, separators=(",", ":")))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -48,6 +52,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"folder {folder} does not exist")
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -78,7 +84,7 @@ def dump_kexue(
         "normalize": normalize,
         "special_tokens": list(SPECIAL_TOKENS),
         "num_pieces": len(pieces),
-        "sha256": hashlib.sha256(compact.encode("ascii")).hexdigest(),
+        "sha256": _sha256(compact),
         "trainer": trainer or {},
     }
     # one piece a line (base64 has no brackets, so "],[" only occurs between pieces)
