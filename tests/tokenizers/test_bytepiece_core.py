@@ -261,13 +261,16 @@ def test_text_window_counts_equal_chunk_counts_and_partition_exactly(items, orde
 
 def test_window_table_grows_and_radix_sorts_like_numpy():
     rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(0, 2**63, 200_000, dtype=np.int64).astype(np.uint64) << np.uint64(8))
-    keys = keys | np.uint64(3)
+    # 200k whole windows of 7 bytes (the main table) and 20k windows of 3 bytes (the side table)
+    long_keys = rng.integers(0, 2**63, 200_000, dtype=np.int64).astype(np.uint64) << np.uint64(8)
+    short_keys = rng.integers(0, 2**24, 20_000, dtype=np.int64).astype(np.uint64) << np.uint64(40)
+    keys = np.unique(np.concatenate([long_keys | np.uint64(7), short_keys | np.uint64(3)]))
     counts = rng.integers(1, 9, len(keys)).astype(np.int64)
+    counts[::97] = rng.integers(200, 5000, len(counts[::97]))  # past the 8-bit count field of order 7
     t = core.NgramTable(16)
     t.add_counts(keys, counts)
     t.add_counts(keys[:1000], counts[:1000])
-    assert len(t) == len(keys) and t.nbytes >= 16 * len(keys) / 0.7
+    assert t.order == 7 and len(t) == len(keys) and t.nbytes >= 8 * len(keys) / 0.7
     k, c = export_sorted(t)
     expected = counts.copy()
     expected[:1000] *= 2
@@ -287,6 +290,44 @@ def test_window_table_grows_and_radix_sorts_like_numpy():
     for mod in (core, ref):
         with pytest.raises(ValueError, match="not a window"):
             mod.NgramTable().add_counts(np.array([0, 5], np.uint64), np.array([1, 1], np.int64))
+        with pytest.raises(ValueError, match="not a packed window"):  # a 1-byte key with a second byte
+            mod.NgramTable().add_counts(
+                np.array([(1 << 56) | (1 << 48) | 1], np.uint64), np.ones(1, np.int64)
+            )
+        with pytest.raises(ValueError, match="not a packed window"):
+            mod.NgramTable().add_counts(np.array([(1 << 56) | 9], np.uint64), np.ones(1, np.int64))
+        with pytest.raises(ValueError, match=">= 1"):
+            mod.NgramTable().add_counts(np.array([(1 << 56) | 1], np.uint64), np.zeros(1, np.int64))
+        with pytest.raises(ValueError, match="order"):
+            mod.NgramTable(order=8)
+
+
+def test_window_counts_past_the_count_field_are_exact():
+    # order 7 keeps 8 bits of count in a main word: runs of one byte saturate it many times over, in
+    # add_chunks, add_counts (counts far past the field) and merge, with and without a fixed order
+    chunks = [b"a" * 3000, b"ab" * 700 + b"\x00" * 600, b"\x00" * 300]
+    for order in (7, 6, 1):
+        r = ref.NgramTable()
+        r.add_chunks(chunks, order)
+        want = export_sorted(r)
+        a, b = core.NgramTable(order=order), core.NgramTable()
+        a.add_chunks(chunks[:1], order)
+        b.add_chunks(chunks[1:], order)
+        a.merge(b)
+        assert len(a) == len(r) and all(np.array_equal(x, y) for x, y in zip(export_sorted(a), want))
+        big = core.NgramTable()
+        big.add_counts(want[0], want[1] * 1000)
+        big.add_counts(want[0][::-1].copy(), want[1][::-1].copy())
+        assert np.array_equal(export_sorted(big)[1], want[1] * 1001)
+        for min_count in (1, 500, 10**6):
+            got = core.NgramTable()
+            got.add_chunks(chunks, order)
+            gk, gc = got.pruned_grams(min_count)
+            rr = ref.NgramTable()
+            rr.add_chunks(chunks, order)
+            rk, rc = rr.pruned_grams(min_count)
+            core.sort_pairs(gk, gc)
+            assert np.array_equal(gk, rk) and np.array_equal(gc, rc)
 
 
 @FAST
@@ -515,3 +556,34 @@ def test_bnlm_with_any_gram_set_matches_reference(grams, order, eu, chunks, data
     if len(keys) > 1:
         with pytest.raises(ValueError, match="unique"):
             core.BNLMCore(np.concatenate([keys, keys[:1]]), np.concatenate([L, L[:1]]), order, eu)
+
+
+runs = st.lists(
+    st.tuples(st.sampled_from([b"a", b"ab", b"\x00", b"\xe4\xb8\x80", b"\n"]), st.integers(1, 400)),
+    min_size=1,
+    max_size=6,
+).map(lambda rs: b"".join(p * n for p, n in rs))
+
+
+@FAST
+@given(
+    datas=st.lists(runs, min_size=1, max_size=3),
+    order=st.sampled_from([5, 6, 7]),
+    parts=st.integers(1, 3),
+    min_count=st.integers(1, 300),
+)
+def test_saturated_window_counts_match_the_reference(datas, order, parts, min_count):
+    # long runs push whole windows past the count field of a main word (255 at order 7): the counts, the
+    # exported windows and the pruned grams must still equal the reference's, class by class
+    got: dict[int, int] = {}
+    want: dict[int, int] = {}
+    for k in range(parts):
+        c, r = core.NgramTable(1024), ref.NgramTable()
+        c.add_texts(datas, order, part=k, parts=parts)
+        r.add_texts(datas, order, part=k, parts=parts)
+        assert len(c) == len(r)
+        assert all(np.array_equal(x, y) for x, y in zip(export_sorted(c), export_sorted(r)))
+        for table, out in ((c, got), (r, want)):
+            for key, n in zip(*(a.tolist() for a in table.pruned_grams(min_count))):
+                out[key] = out.get(key, 0) + n
+    assert got == want

@@ -47,6 +47,17 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #if defined(__GNUC__) || defined(__clang__)
+    static inline int kx_clz64(unsigned long long x) { return __builtin_clzll(x); }
+    #else
+    static inline int kx_clz64(unsigned long long x) { int n = 0; while (!(x >> 63)) { x <<= 1; n++; } return n; }
+    #endif
+    """
+    int kx_clz64(uint64_t x) noexcept nogil  # x != 0
+
+
+cdef extern from *:
+    """
     #if defined(__GLIBC__)
     #include <malloc.h>
     static int kx_trim(void) { return malloc_trim(0); }
@@ -960,46 +971,76 @@ cdef inline int _pairs_push(_Pairs* p, uint64_t key, int64_t count) noexcept nog
     return 0
 
 
+cdef struct _Scan:
+    # the post-order scan of sorted windows: the open grams key[1..depth] (prefixes of the last window)
+    # and their counts so far
+    int64_t cnt[8]
+    uint64_t key[8]
+    int depth
+    uint64_t prev
+    int64_t min_count
+    _Pairs* out
+    int64_t* small
+
+
+cdef inline void _scan_init(_Scan* s, int64_t min_count, _Pairs* out, int64_t* small) noexcept nogil:
+    s.depth = 0
+    s.prev = 0
+    s.min_count = min_count
+    s.out = out
+    s.small = small
+
+
+cdef inline int _scan_close(_Scan* s, int c) noexcept nogil:
+    """Close the open grams longer than ``c`` bytes (deepest first): their counts are final."""
+    cdef int j = s.depth
+    while j > c:
+        if j == 1:
+            s.small[1 + (s.key[1] >> 56)] += s.cnt[1]
+        elif s.cnt[j] >= s.min_count:
+            if _pairs_push(s.out, s.key[j], s.cnt[j]) < 0:
+                return -1
+        j -= 1
+    s.depth = c
+    return 0
+
+
+cdef inline int _scan_push(_Scan* s, uint64_t key, int64_t count) noexcept nogil:
+    """The next window of the sorted stream (strictly greater than the last one)."""
+    cdef int ln = <int>(key & 0xFF), c, j
+    cdef uint64_t body = key & ~(<uint64_t>0xFF)
+    cdef uint64_t diff = body ^ s.prev
+    # bytes in common with the previous window, at most the open depth and this window's length
+    c = 8 if diff == 0 else kx_clz64(diff) >> 3
+    if c > s.depth:
+        c = s.depth
+    if c > ln:
+        c = ln
+    if _scan_close(s, c) < 0:
+        return -1
+    for j in range(c + 1, ln + 1):
+        s.key[j] = (body & ((~(<uint64_t>0)) << (64 - 8 * j))) | <uint64_t>j
+        s.cnt[j] = 0
+    s.depth = ln
+    s.prev = body
+    s.small[0] += count
+    for j in range(1, ln + 1):
+        s.cnt[j] += count
+    return 0
+
+
 cdef int _prune_scan(const WinSlot* w, int64_t n, int64_t min_count, _Pairs* out,
                      int64_t* small) noexcept nogil:
     """Post-order scan of sorted windows: append the grams with ``|g| >= 2`` and ``c(g) >= min_count`` to
     ``out``; add the counts of the empty gram (number of windows) and of the single bytes to ``small[0]``
     and ``small[1 + byte]``. -1 on allocation failure."""
+    cdef _Scan s
     cdef int64_t i
-    cdef int64_t cnt[8]
-    cdef uint64_t key[8]
-    cdef int depth = 0, ln = 0, c, j
-    cdef uint64_t body = 0, prev = 0, mask
-    for i in range(n + 1):
-        if i < n:
-            ln = <int>(w[i].key & 0xFF)
-            body = w[i].key & ~(<uint64_t>0xFF)
-            c = 0
-            while c < depth and c < ln and ((body >> (56 - 8 * c)) & 0xFF) == ((prev >> (56 - 8 * c)) & 0xFF):
-                c += 1
-        else:
-            c = 0
-        # close the open grams longer than the common prefix (deepest first)
-        j = depth
-        while j > c:
-            if j == 1:
-                small[1 + (key[1] >> 56)] += cnt[1]
-            elif cnt[j] >= min_count:
-                if _pairs_push(out, key[j], cnt[j]) < 0:
-                    return -1
-            j -= 1
-        if i == n:
-            break
-        for j in range(c + 1, ln + 1):
-            mask = (~(<uint64_t>0)) << (64 - 8 * j)
-            key[j] = (body & mask) | <uint64_t>j
-            cnt[j] = 0
-        depth = ln
-        prev = body
-        small[0] += w[i].count
-        for j in range(1, ln + 1):
-            cnt[j] += w[i].count
-    return 0
+    _scan_init(&s, min_count, out, small)
+    for i in range(n):
+        if _scan_push(&s, w[i].key, w[i].count) < 0:
+            return -1
+    return _scan_close(&s, 0)
 
 
 cdef int _emit_small(_Pairs* out, const int64_t* small) noexcept nogil:
@@ -1012,7 +1053,7 @@ cdef int _emit_small(_Pairs* out, const int64_t* small) noexcept nogil:
 
 
 cdef struct WinTable:
-    # one open-addressing table of windows: zero-filled mapping, empty slot = key 0, load <= 0.7
+    # one open-addressing table of (key, count) slots: zero-filled mapping, empty slot = key 0, load <= 0.7
     WinSlot* slots
     int64_t cap
     int64_t size
@@ -1033,18 +1074,31 @@ cdef void _wt_free(WinTable* t) noexcept nogil:
     t.slots, t.cap, t.size, t.mapped = NULL, 0, 0, 0
 
 
-cdef inline void _wt_put(WinTable* t, uint64_t key, int64_t c) noexcept nogil:
+cdef inline int _wt_put(WinTable* t, uint64_t key, int64_t c) noexcept nogil:
+    """Add ``c`` to ``key``; 1 if the key is new."""
     cdef int64_t mask = t.cap - 1
     cdef int64_t h = <int64_t>(_mix(key) & <uint64_t>mask)
     while True:
         if t.slots[h].key == key:
             t.slots[h].count += c
-            return
+            return 0
         if t.slots[h].key == _NO_WINDOW:
             t.slots[h].key = key
             t.slots[h].count = c
             t.size += 1
-            return
+            return 1
+        h = (h + 1) & mask
+
+
+cdef inline int64_t _wt_get(const WinTable* t, uint64_t key) noexcept nogil:
+    """The count of ``key`` (0 if absent)."""
+    cdef int64_t mask = t.cap - 1
+    cdef int64_t h = <int64_t>(_mix(key) & <uint64_t>mask)
+    while True:
+        if t.slots[h].key == key:
+            return t.slots[h].count
+        if t.slots[h].key == _NO_WINDOW:
+            return 0
         h = (h + 1) & mask
 
 
@@ -1071,22 +1125,210 @@ cdef int _wt_grow(WinTable* t) noexcept nogil:
 
 
 cdef inline int _wt_add(WinTable* t, uint64_t key, int64_t c) noexcept nogil:
+    """Add ``c`` to ``key``: 1 if the key is new, 0 if not, -1 if the table could not grow."""
     if 10 * (t.size + 1) > 7 * t.cap:
         if _wt_grow(t) < 0:
             return -1
-    _wt_put(t, key, c)
+    return _wt_put(t, key, c)
+
+
+cdef int64_t _wt_compact(WinTable* t) noexcept nogil:
+    """Move the used slots to the front (table order) and give back the pages past them; returns their
+    number. The hash layout is gone: only ``_wt_free`` may follow."""
+    cdef int64_t i, j = 0
+    for i in range(t.cap):  # without a branch: about half the slots are empty, at random
+        t.slots[j] = t.slots[i]
+        j += t.slots[i].key != _NO_WINDOW
+    kx_discard(&t.slots[j], t.mapped - j * sizeof(WinSlot))
+    t.cap = 0
+    return j
+
+
+# --- the main window table: one 8-byte word a window ---------------------------------------------
+#
+# Almost every window of a training text is a whole window of ``order`` bytes (only the last
+# ``order - 1`` positions of a chunk are shorter). A table for one length L stores a window as one
+# word: its bytes in the high 8L bits (as in the packed key, without the length byte) and its count in
+# the low 64 - 8L bits (8 to 56 bits). A count that reaches the field's maximum stays there and the rest
+# goes to a side table of (key, count) slots, which also holds the shorter windows. Half the memory of
+# (key, count) slots, and half the bytes to move when sorting.
+
+cdef struct WordTable:
+    uint64_t* slots  # 0 = empty (an occupied slot has a count >= 1)
+    int64_t cap
+    int64_t size
+    size_t mapped
+
+
+cdef int _wd_alloc(WordTable* t, int64_t cap) noexcept nogil:
+    cdef uint64_t* slots = <uint64_t*>kx_map(cap * sizeof(uint64_t))
+    if slots == NULL:
+        return -1
+    t.slots, t.cap, t.size, t.mapped = slots, cap, 0, cap * sizeof(uint64_t)
     return 0
 
 
-cdef int _wt_add_ones(WinTable* t, const uint64_t* keys, int64_t n) noexcept nogil:
-    """Count each of ``keys`` once, the slot of the key ``_AHEAD`` on prefetched."""
+cdef void _wd_free(WordTable* t) noexcept nogil:
+    kx_unmap(t.slots, t.mapped)
+    t.slots, t.cap, t.size, t.mapped = NULL, 0, 0, 0
+
+
+cdef inline int64_t _wd_home(int64_t cap, uint64_t body) noexcept nogil:
+    return <int64_t>(_mix(body) & <uint64_t>(cap - 1))
+
+
+cdef int _wd_grow(WordTable* t, uint64_t cmask) noexcept nogil:
+    """Double the table, block by block as ``_wt_grow`` (the words are unique: no look-ups)."""
+    cdef WordTable old = t[0]
+    cdef int64_t i, lo, h, mask
+    cdef int64_t block = 1 << 16
+    cdef uint64_t w
+    if _wd_alloc(t, 2 * old.cap) < 0:
+        t[0] = old
+        return -1
+    mask = t.cap - 1
+    lo = 0
+    while lo < old.cap:
+        for i in range(lo, min(lo + block, old.cap)):
+            if i + _AHEAD_BATCH < old.cap and old.slots[i + _AHEAD_BATCH] != 0:
+                KX_PREFETCH(&t.slots[_wd_home(t.cap, old.slots[i + _AHEAD_BATCH] & ~cmask)])
+            w = old.slots[i]
+            if w != 0:
+                h = _wd_home(t.cap, w & ~cmask)
+                while t.slots[h] != 0:
+                    h = (h + 1) & mask
+                t.slots[h] = w
+        kx_discard(&old.slots[lo], min(block, old.cap - lo) * sizeof(uint64_t))
+        lo += block
+    t.size = old.size
+    kx_unmap(old.slots, old.mapped)
+    return 0
+
+
+cdef int _sort_words(uint64_t* a, int64_t n, int shift, int low) noexcept nogil:
+    """Sort words in place (MSD radix on the byte at ``shift``, down to the byte at ``low``; small ranges
+    by insertion sort), as ``_sort_slots``. Always returns 0."""
+    cdef int64_t count[256]
+    cdef int64_t nxt[256]
+    cdef int64_t end[256]
+    cdef int64_t i, j, pos
+    cdef int b, d
+    cdef uint64_t v, t
+    if n < 32:
+        for i in range(1, n):
+            v = a[i]
+            j = i - 1
+            while j >= 0 and a[j] > v:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = v
+        return 0
+    memset(count, 0, sizeof(count))
+    for i in range(n):
+        count[(a[i] >> shift) & 0xFF] += 1
+    pos = 0
+    for b in range(256):
+        nxt[b] = pos
+        pos += count[b]
+        end[b] = pos
+    for b in range(256):
+        while nxt[b] < end[b]:
+            v = a[nxt[b]]
+            d = <int>((v >> shift) & 0xFF)
+            while d != b:
+                t = a[nxt[d]]
+                a[nxt[d]] = v
+                nxt[d] += 1
+                v = t
+                d = <int>((v >> shift) & 0xFF)
+            a[nxt[b]] = v
+            nxt[b] += 1
+    if shift > low:
+        pos = 0
+        for b in range(256):
+            if count[b] > 1:
+                _sort_words(a + pos, count[b], shift - 8, low)
+            pos += count[b]
+    return 0
+
+
+cdef struct WinCounts:
+    # the windows of length L in ``main`` (words), every other window and the overflow of the main
+    # counts in ``side``; L = 0 until the first window arrives (then everything but that length goes to
+    # the side table)
+    WordTable main
+    WinTable side
+    int L
+    uint64_t cmask  # the count field of a main word: (1 << (64 - 8 L)) - 1
+    int64_t n_over  # side keys of length L (overflow counts, not windows of their own)
+
+
+cdef inline void _wc_set_order(WinCounts* w, int L) noexcept nogil:
+    w.L = L
+    w.cmask = ((<uint64_t>1) << (64 - 8 * L)) - 1
+
+
+cdef inline int _wc_side_add(WinCounts* w, uint64_t key, int64_t c) noexcept nogil:
+    cdef int r = _wt_add(&w.side, key, c)
+    if r == 1 and <int>(key & 0xFF) == w.L:
+        w.n_over += 1
+    return -1 if r < 0 else 0
+
+
+cdef inline int _wc_main_add(WinCounts* w, uint64_t body, uint64_t c) noexcept nogil:
+    """Add ``c >= 1`` to the whole window ``body`` (its bytes, no length byte)."""
+    cdef WordTable* t = &w.main
+    cdef uint64_t cmask = w.cmask
+    cdef uint64_t s, f
+    cdef int64_t h, mask
+    if 10 * (t.size + 1) > 7 * t.cap:
+        if _wd_grow(t, cmask) < 0:
+            return -1
+    mask = t.cap - 1
+    h = _wd_home(t.cap, body)
+    while True:
+        s = t.slots[h]
+        if s == 0:
+            t.size += 1
+            if c <= cmask:
+                t.slots[h] = body | c
+                return 0
+            t.slots[h] = body | cmask
+            return _wc_side_add(w, body | <uint64_t>w.L, <int64_t>(c - cmask))
+        if (s & ~cmask) == body:
+            f = s & cmask
+            if c <= cmask - f:
+                t.slots[h] = s + c
+                return 0
+            t.slots[h] = body | cmask
+            return _wc_side_add(w, body | <uint64_t>w.L, <int64_t>(c - (cmask - f)))
+        h = (h + 1) & mask
+
+
+cdef inline int _wc_add(WinCounts* w, uint64_t key, int64_t c) noexcept nogil:
+    if <int>(key & 0xFF) == w.L:
+        return _wc_main_add(w, key & ~(<uint64_t>0xFF), <uint64_t>c)
+    return _wc_side_add(w, key, c)
+
+
+cdef int _wc_add_ones(WinCounts* w, const uint64_t* keys, int64_t n) noexcept nogil:
+    """Count each of ``keys`` once, the main slot of the key ``_AHEAD_BATCH`` on prefetched."""
     cdef int64_t i
+    cdef uint64_t k
     for i in range(n):
         if i + _AHEAD_BATCH < n:
-            KX_PREFETCH(&t.slots[<int64_t>(_mix(keys[i + _AHEAD_BATCH]) & <uint64_t>(t.cap - 1))])
-        if _wt_add(t, keys[i], 1) < 0:
+            KX_PREFETCH(&w.main.slots[_wd_home(w.main.cap, keys[i + _AHEAD_BATCH] & ~(<uint64_t>0xFF))])
+        k = keys[i]
+        if <int>(k & 0xFF) == w.L:
+            if _wc_main_add(w, k & ~(<uint64_t>0xFF), 1) < 0:
+                return -1
+        elif _wc_side_add(w, k, 1) < 0:
             return -1
     return 0
+
+
+cdef inline int64_t _wc_len(const WinCounts* w) noexcept nogil:
+    return w.main.size + w.side.size - w.n_over
 
 
 # windows are collected in a buffer and counted _FLUSH at a time, the slot of the key _AHEAD_BATCH on
@@ -1119,41 +1361,70 @@ cdef class NgramTable:
     ``|g| <= order`` is the total count of the windows that start with ``g`` (:func:`expand_windows`):
     one hash-table update per byte instead of ``order + 1``.
 
-    One open-addressing table (load factor <= 0.7, 16 bytes a slot) in a zero-filled mapping (huge pages
-    where the system allows). Windows are collected in batches whose slots are prefetched well ahead of
-    their update: the table is far larger than the caches and each update is an independent miss. The
-    table grows without the GIL.
+    The windows of the table's length ``order`` (set by the constructor, else by the first ``add_*``) are
+    held in an open-addressing table of 8-byte words (the window's bytes and its count; load <= 0.7) in a
+    zero-filled mapping (huge pages where the system allows); the few shorter windows, and any count past
+    the capacity of a word's count field (``2**(64 - 8 order) - 1``), in a side table of 16-byte slots.
+    Windows are collected in batches whose slots are prefetched well ahead of their update: the table is
+    far larger than the caches and each update is an independent miss. The table grows without the GIL.
     """
 
-    cdef WinTable t
+    cdef WinCounts w
+    cdef int order0
     cdef uint64_t* buf  # a batch of _FLUSH windows
     cdef int64_t fill
     cdef uint8_t* classes  # class of each first-two-bytes prefix, for classes_of parts (window_part)
     cdef int classes_of
+    cdef int64_t cap0
 
-    def __cinit__(self, int64_t capacity=1 << 16):
+    def __cinit__(self, int64_t capacity=1 << 16, int order=0):
         cdef int64_t cap = 1024
+        if order < 0 or order > 7:
+            raise ValueError(f"order must be in [1, 7] (or 0: set by the first window), got {order}")
         self.buf = NULL
         self.fill = 0
         self.classes = NULL
         self.classes_of = 0
-        self.t.slots = NULL
-        self.t.mapped = 0
+        self.w.main.slots = NULL
+        self.w.main.mapped = 0
+        self.w.side.slots = NULL
+        self.w.side.mapped = 0
         while 7 * cap < 10 * capacity:
             cap *= 2
-        if _wt_alloc(&self.t, cap) < 0:
+        self.cap0 = cap
+        self.order0 = order
+        self._alloc(cap)
+
+    cdef int _alloc(self, int64_t cap) except -1:
+        if _wd_alloc(&self.w.main, cap) < 0 or _wt_alloc(&self.w.side, 1024) < 0:
+            _wd_free(&self.w.main)
+            _wt_free(&self.w.side)
             raise MemoryError("n-gram table")
+        self.w.n_over = 0
+        self.w.L = 0
+        self.w.cmask = 0
+        if self.order0 > 0:
+            _wc_set_order(&self.w, self.order0)
+        return 0
 
     def __dealloc__(self):
-        _wt_free(&self.t)
+        _wd_free(&self.w.main)
+        _wt_free(&self.w.side)
         free(self.buf)
         free(self.classes)
 
-    cdef inline int _add(self, uint64_t key, int64_t c) noexcept nogil:
-        return _wt_add(&self.t, key, c)
+    @property
+    def order(self):
+        """The window length held in the main table (0: not set yet)."""
+        return self.w.L
+
+    cdef void _claim_order(self, int L) noexcept:
+        # an empty table takes the length of the windows it is about to count
+        if self.w.L == 0 and _wc_len(&self.w) == 0:
+            _wc_set_order(&self.w, L)
 
     cdef int _flush(self) noexcept nogil:
-        cdef int rc = _wt_add_ones(&self.t, self.buf, self.fill)
+        cdef int rc = _wc_add_ones(&self.w, self.buf, self.fill)
         self.fill = 0
         return rc
 
@@ -1201,12 +1472,12 @@ cdef class NgramTable:
         return 0
 
     def __len__(self):
-        return self.t.size
+        return _wc_len(&self.w)
 
     @property
     def nbytes(self):
-        """Bytes held by the hash table."""
-        return self.t.cap * sizeof(WinSlot)
+        """Bytes held by the hash tables."""
+        return self.w.main.cap * sizeof(uint64_t) + self.w.side.cap * sizeof(WinSlot)
 
     cdef int _add_items(self, list items, str what, int order, int64_t max_chars, int64_t max_newlines,
                         uint64_t part, uint64_t parts, bint whole) except -1:
@@ -1230,6 +1501,7 @@ cdef class NgramTable:
                 self.classes[ci] = <uint8_t>_part((<uint64_t>ci) << 48, parts)
             self.classes_of = parts
         _bytes_list(items, what, &ptrs, &lens)
+        self._claim_order(order)
         try:
             with nogil:
                 for ci in range(m):
@@ -1267,21 +1539,28 @@ cdef class NgramTable:
         self._add_items(texts, "text", order, max_chars, max_newlines, part, parts, False)
 
     def add_counts(self, const uint64_t[::1] keys, const int64_t[::1] counts):
-        """Add ``counts[i]`` to ``keys[i]`` (merge of shard tables)."""
+        """Add ``counts[i] >= 1`` to the packed window ``keys[i]`` (merge of shard tables)."""
         cdef int64_t n = keys.shape[0], i
-        cdef int rc = 0
+        cdef int rc = 0, ln, longest = 0
         if counts.shape[0] != n:
             raise ValueError("keys and counts must have the same length")
+        for i in range(n):
+            ln = <int>(keys[i] & 0xFF)
+            if ln == 0:
+                raise ValueError("key 0 (the empty gram) is not a window" if keys[i] == 0 else
+                                 f"key {keys[i]:#x} has length 0: not a packed window")
+            if ln > 7 or (keys[i] & ~(<uint64_t>0xFF) & ~((~(<uint64_t>0)) << (64 - 8 * ln))) != 0:
+                raise ValueError(f"key {keys[i]:#x} is not a packed window (length 1..7, zero bytes past it)")
+            if counts[i] < 1:
+                raise ValueError(f"counts must be >= 1, got {counts[i]} at {i}")
+            longest = max(longest, ln)
+        if longest > 0:
+            self._claim_order(longest)
         with nogil:
             for i in range(n):
-                if keys[i] == _NO_WINDOW:
-                    rc = -2
-                    break
-                rc = self._add(keys[i], counts[i])
+                rc = _wc_add(&self.w, keys[i], counts[i])
                 if rc < 0:
                     break
-        if rc == -2:
-            raise ValueError("key 0 (the empty gram) is not a window")
         if rc < 0:
             raise MemoryError("n-gram table")
 
@@ -1289,27 +1568,45 @@ cdef class NgramTable:
         """Add every count of ``other`` (another thread's table) into this one."""
         cdef int64_t i
         cdef int rc = 0
-        cdef WinTable* t = &other.t
+        cdef WordTable* m = &other.w.main
+        cdef WinTable* t = &other.w.side
+        cdef uint64_t cmask = other.w.cmask, L = <uint64_t>other.w.L
         if other is self:
             raise ValueError("cannot merge a table into itself")
+        if other.w.L > 0:
+            self._claim_order(other.w.L)
         with nogil:
-            for i in range(t.cap):
-                if t.slots[i].key != _NO_WINDOW:
-                    rc = _wt_add(&self.t, t.slots[i].key, t.slots[i].count)
+            for i in range(m.cap):
+                if m.slots[i] != 0:
+                    rc = _wc_add(&self.w, (m.slots[i] & ~cmask) | L, <int64_t>(m.slots[i] & cmask))
                     if rc < 0:
                         break
+            if rc == 0:
+                for i in range(t.cap):
+                    if t.slots[i].key != _NO_WINDOW:
+                        rc = _wc_add(&self.w, t.slots[i].key, t.slots[i].count)
+                        if rc < 0:
+                            break
         if rc < 0:
             raise MemoryError("n-gram table")
 
     def export(self, uint64_t[::1] keys_out, int64_t[::1] counts_out):
         """Write the (key, count) pairs, in table order, into arrays of length ``len(self)``."""
-        cdef int64_t i, j = 0, n = self.t.size
-        cdef WinTable* t = &self.t
+        cdef int64_t i, j = 0, n = len(self)
+        cdef WordTable* m = &self.w.main
+        cdef WinTable* t = &self.w.side
+        cdef uint64_t cmask = self.w.cmask, L = <uint64_t>self.w.L, f
         if keys_out.shape[0] != n or counts_out.shape[0] != n:
             raise ValueError(f"output arrays must have length {n}")
         with nogil:
+            for i in range(m.cap):
+                if m.slots[i] != 0:
+                    keys_out[j] = (m.slots[i] & ~cmask) | L
+                    f = m.slots[i] & cmask
+                    counts_out[j] = <int64_t>f + (_wt_get(t, keys_out[j]) if f == cmask else 0)
+                    j += 1
             for i in range(t.cap):
-                if t.slots[i].key != _NO_WINDOW:
+                if t.slots[i].key != _NO_WINDOW and (t.slots[i].key & 0xFF) != L:
                     keys_out[j] = t.slots[i].key
                     counts_out[j] = t.slots[i].count
                     j += 1
@@ -1327,15 +1624,19 @@ cdef class NgramTable:
     def pruned_grams(self, int64_t min_count):
         """Consume the table: its n-gram counts with ``|g| <= 1`` or ``c(g) >= min_count`` and the empty gram.
 
-        The slots are compacted, radix-sorted and scanned in place (``prune_windows`` without a copy), then
-        released. Returns unsorted ``(keys, counts)``, each key once. Exact for a table that holds every
-        window of its grams: the whole corpus, or one class of ``add_texts(parts=...)``, where the counts of
-        the grams of at most one byte are partial and must be summed over the classes.
+        Both tables are compacted and radix-sorted in place, then scanned together in key order (a merge:
+        the overflow of a main count meets its window there), as ``prune_windows`` does, without a copy;
+        then released. Returns unsorted ``(keys, counts)``, each key once. Exact for a table that holds
+        every window of its grams: the whole corpus, or one class of ``add_texts(parts=...)``, where the
+        counts of the grams of at most one byte are partial and must be summed over the classes.
         """
-        cdef int64_t i, j = 0, n = self.t.size
+        cdef int64_t i, j = 0, nm, ns
         cdef _Pairs out
+        cdef _Scan scan
         cdef int64_t small[257]
-        cdef WinTable* t = &self.t
+        cdef WordTable* m = &self.w.main
+        cdef WinTable* t = &self.w.side
+        cdef uint64_t cmask = self.w.cmask, L = <uint64_t>self.w.L, mk
         cdef int rc = 0
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
@@ -1343,14 +1644,32 @@ cdef class NgramTable:
         memset(&out, 0, sizeof(out))
         try:
             with nogil:
-                for i in range(t.cap):  # without a branch: about half the slots are empty, at random
-                    t.slots[j] = t.slots[i]
-                    j += t.slots[i].key != _NO_WINDOW
-                # give back the pages past the compacted slots; the hash layout is gone from here on
-                kx_discard(&t.slots[n], t.mapped - n * sizeof(WinSlot))
-                t.cap = 0
-                _sort_slots(t.slots, n, 56)
-                rc = _prune_scan(t.slots, n, min_count, &out, small)
+                nm = 0
+                for i in range(m.cap):  # without a branch: about half the slots are empty, at random
+                    m.slots[nm] = m.slots[i]
+                    nm += m.slots[i] != 0
+                kx_discard(&m.slots[nm], m.mapped - nm * sizeof(uint64_t))
+                m.cap = 0
+                ns = _wt_compact(t)
+                # words sort by their window bytes (unique), the count field below them is never reached
+                _sort_words(m.slots, nm, 56, 64 - 8 * self.w.L if self.w.L > 0 else 56)
+                _sort_slots(t.slots, ns, 56)
+                _scan_init(&scan, min_count, &out, small)
+                i = 0
+                while rc == 0 and (i < nm or j < ns):
+                    mk = ((m.slots[i] & ~cmask) | L) if i < nm else 0
+                    if j >= ns or (i < nm and mk < t.slots[j].key):
+                        rc = _scan_push(&scan, mk, <int64_t>(m.slots[i] & cmask))
+                        i += 1
+                    elif i >= nm or t.slots[j].key < mk:
+                        rc = _scan_push(&scan, t.slots[j].key, t.slots[j].count)
+                        j += 1
+                    else:  # a saturated main count and its overflow
+                        rc = _scan_push(&scan, mk, <int64_t>(m.slots[i] & cmask) + t.slots[j].count)
+                        i += 1
+                        j += 1
+                if rc == 0:
+                    rc = _scan_close(&scan, 0)
                 if rc == 0:
                     rc = _emit_small(&out, small)
             if rc < 0:
@@ -1362,11 +1681,11 @@ cdef class NgramTable:
             self.clear()
 
     def clear(self):
-        """Drop every count and release the memory (down to the initial 1024 slots)."""
-        _wt_free(&self.t)
+        """Drop every count and release the memory (down to the initial capacity)."""
+        _wd_free(&self.w.main)
+        _wt_free(&self.w.side)
         self.fill = 0
-        if _wt_alloc(&self.t, 1024) < 0:
-            raise MemoryError("n-gram table")
+        self._alloc(1024)
 
 
 cdef tuple _pairs_to_numpy(uint64_t* ok, int64_t* oc, int64_t m):

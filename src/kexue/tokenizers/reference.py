@@ -327,7 +327,9 @@ def window_part(key: int, parts: int) -> int:
 class NgramTable:
     """Counts of the windows ``x[i:i+order]`` (clipped at the chunk end), keyed by :func:`pack_gram`."""
 
-    def __init__(self, capacity: int = 1 << 16) -> None:
+    def __init__(self, capacity: int = 1 << 16, order: int = 0) -> None:
+        if not 0 <= order <= 7:
+            raise ValueError(f"order must be in [1, 7] (or 0: set by the first window), got {order}")
         self._counts: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -348,8 +350,15 @@ class NgramTable:
     def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
         if len(keys) != len(counts):
             raise ValueError("keys and counts must have the same length")
-        if np.any(np.asarray(keys) == 0):
+        keys, counts = np.asarray(keys, np.uint64), np.asarray(counts, np.int64)
+        if np.any(keys == 0):
             raise ValueError("key 0 (the empty gram) is not a window")
+        for k in keys.tolist():
+            ln = k & 0xFF
+            if not 1 <= ln <= 7 or k & ~0xFF & ((1 << (64 - 8 * ln)) - 1):
+                raise ValueError(f"key {k:#x} is not a packed window (length 1..7, zero bytes past it)")
+        if np.any(counts < 1):
+            raise ValueError(f"counts must be >= 1, got {int(counts.min())}")
         c = self._counts
         for k, v in zip(keys.tolist(), counts.tolist()):
             c[k] = c.get(k, 0) + v
