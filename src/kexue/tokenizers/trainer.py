@@ -398,6 +398,7 @@ class Trainer:
             keys = keys[starts]
         lm = build_lm(NgramCounts(keys, counts), order, self.lm_min_count, mod)
         del keys, counts
+        mod.release_memory()  # the pass-1 arrays freed since the last trim
         self.lm = lm
         self.stats["ngrams_kept"] = len(lm)
         t1 = time.perf_counter()
