@@ -587,3 +587,37 @@ def test_saturated_window_counts_match_the_reference(datas, order, parts, min_co
             for key, n in zip(*(a.tolist() for a in table.pruned_grams(min_count))):
                 out[key] = out.get(key, 0) + n
     assert got == want
+
+
+@FAST
+@given(
+    items=st.lists(text_chars, min_size=1, max_size=8),
+    order=st.integers(1, 5),
+    flush_at=st.integers(1, 6),
+    threads=st.integers(1, 3),
+)
+def test_piece_buffers_flushed_into_a_shared_total_count_the_same(items, order, flush_at, threads):
+    # pass 2 of training: threads count into small buffers flushed into one shared counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    datas = ([t.encode() for t in items] + [b"ab ab\nabc\n"]) * 3
+    t = core.NgramTable()
+    t.add_texts(datas, order)
+    lm = build_lm(NgramCounts(*core.prune_windows(*export_sorted(t), 1)), order, 1)
+    for mod in (core, ref):
+        seg = mod.BNLMCore(lm.keys, lm.L, order, True)
+        plain = mod.PieceCounter()
+        seg.count_texts(datas, plain)
+        total, buffers = mod.PieceCounter(), [mod.PieceCounter() for _ in range(threads)]
+
+        def work(k, seg=seg, buffers=buffers, total=total):
+            seg.count_texts(datas[k::threads], buffers[k], total=total, flush_at=flush_at)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, range(threads)))
+        assert all(len(b) < flush_at for b in buffers)
+        for b in buffers:
+            total.merge(b)
+        assert total.to_dict() == plain.to_dict()
+        with pytest.raises(ValueError, match="total"):
+            seg.count_texts(datas, total, total=total)

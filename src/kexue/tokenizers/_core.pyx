@@ -27,6 +27,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
+from cpython.pythread cimport PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock, PyThread_release_lock, PyThread_type_lock, WAIT_LOCK
 from cpython.ref cimport Py_INCREF
 from libc.math cimport INFINITY, NAN, exp, log
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
@@ -70,9 +71,13 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #if defined(__linux__) && !defined(_GNU_SOURCE)
+    #define _GNU_SOURCE /* mremap */
+    #endif
     #if defined(__unix__) || defined(__APPLE__)
     #include <sys/mman.h>
     #include <unistd.h>
+    #include <string.h>
     static void* kx_map(size_t n) {
         void* p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) return NULL;
@@ -98,6 +103,54 @@ cdef extern from *:
     void* kx_map(size_t n) noexcept nogil
     void kx_unmap(void* p, size_t n) noexcept nogil
     void kx_discard(void* p, size_t n) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* Buffers of 128 KB and more get pages of their own (mmap), given back when freed. Through malloc,
+       the free of such a block raises glibc's mmap threshold to its size, after which blocks below it come
+       from the heap and stay in the process when freed: during training, about 10 MB of freed memory
+       would stay resident. The caller passes the size to free and resize (a NULL pointer has size 0). */
+    #define KX_BIG ((size_t)128 << 10)
+    static void* kx_alloc(size_t n) {
+    #if defined(__unix__) || defined(__APPLE__)
+        if (n >= KX_BIG) {
+            void* p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            return p == MAP_FAILED ? NULL : p;
+        }
+    #endif
+        return malloc(n > 0 ? n : 1);
+    }
+    static void kx_free(void* p, size_t n) {
+        if (p == NULL) return;
+    #if defined(__unix__) || defined(__APPLE__)
+        if (n >= KX_BIG) { munmap(p, n); return; }
+    #endif
+        free(p);
+    }
+    static void* kx_resize(void* p, size_t old, size_t n) {
+        if (p == NULL) return kx_alloc(n);
+    #if defined(__unix__) || defined(__APPLE__)
+        if (old >= KX_BIG || n >= KX_BIG) {
+    #if defined(__linux__) && defined(MREMAP_MAYMOVE)
+            if (old >= KX_BIG && n >= KX_BIG) {
+                void* q = mremap(p, old, n, MREMAP_MAYMOVE);
+                return q == MAP_FAILED ? NULL : q;
+            }
+    #endif
+            void* q = kx_alloc(n);
+            if (q == NULL) return NULL;
+            memcpy(q, p, old < n ? old : n);
+            kx_free(p, old);
+            return q;
+        }
+    #endif
+        return realloc(p, n > 0 ? n : 1);
+    }
+    """
+    void* kx_alloc(size_t n) noexcept nogil
+    void kx_free(void* p, size_t n) noexcept nogil
+    void* kx_resize(void* p, size_t old, size_t n) noexcept nogil
 
 
 def release_memory():
@@ -196,10 +249,10 @@ cdef class DoubleArray:
         self.max_depth = 0
 
     def __dealloc__(self):
-        free(self.base)
-        free(self.check)
-        free(self.value)
-        free(self.nextfree)
+        kx_free(self.base, self.cap * sizeof(int32_t))
+        kx_free(self.check, self.cap * sizeof(int32_t))
+        kx_free(self.value, self.cap * sizeof(int32_t))
+        kx_free(self.nextfree, (self.cap + 1) * sizeof(int64_t))
 
     cdef int _grow(self, int64_t need) except -1:
         cdef int64_t new_cap, i
@@ -210,10 +263,27 @@ cdef class DoubleArray:
             new_cap *= 2
         if new_cap > 2147483000:
             raise MemoryError("double-array trie would exceed 2**31 slots")
-        self.base = <int32_t*>_xrealloc(self.base, new_cap * sizeof(int32_t))
-        self.check = <int32_t*>_xrealloc(self.check, new_cap * sizeof(int32_t))
-        self.value = <int32_t*>_xrealloc(self.value, new_cap * sizeof(int32_t))
-        self.nextfree = <int64_t*>_xrealloc(self.nextfree, (new_cap + 1) * sizeof(int64_t))
+        # all four arrays or none (kx_resize keeps the old block when it fails)
+        cdef int32_t* base = <int32_t*>kx_alloc(new_cap * sizeof(int32_t))
+        cdef int32_t* check = <int32_t*>kx_alloc(new_cap * sizeof(int32_t))
+        cdef int32_t* value = <int32_t*>kx_alloc(new_cap * sizeof(int32_t))
+        cdef int64_t* nextfree = <int64_t*>kx_alloc((new_cap + 1) * sizeof(int64_t))
+        if base == NULL or check == NULL or value == NULL or nextfree == NULL:
+            kx_free(base, new_cap * sizeof(int32_t))
+            kx_free(check, new_cap * sizeof(int32_t))
+            kx_free(value, new_cap * sizeof(int32_t))
+            kx_free(nextfree, (new_cap + 1) * sizeof(int64_t))
+            raise MemoryError("double-array trie")
+        if self.cap > 0:
+            memcpy(base, self.base, self.cap * sizeof(int32_t))
+            memcpy(check, self.check, self.cap * sizeof(int32_t))
+            memcpy(value, self.value, self.cap * sizeof(int32_t))
+            memcpy(nextfree, self.nextfree, self.cap * sizeof(int64_t))
+        kx_free(self.base, self.cap * sizeof(int32_t))
+        kx_free(self.check, self.cap * sizeof(int32_t))
+        kx_free(self.value, self.cap * sizeof(int32_t))
+        kx_free(self.nextfree, (self.cap + 1) * sizeof(int64_t))
+        self.base, self.check, self.value, self.nextfree = base, check, value, nextfree
         for i in range(self.cap, new_cap):
             self.base[i] = 0
             self.check[i] = -1
@@ -269,6 +339,8 @@ cdef class DoubleArray:
         cdef int64_t b
         if n < 0 or values.shape[0] != n:
             raise ValueError("offsets must have len(values) + 1 entries")
+        if self.cap > 0:
+            raise ValueError("this DoubleArray is built already (build a new one)")
         for i in range(n):
             if offsets[i + 1] < offsets[i] or offsets[i + 1] > buf.shape[0]:
                 raise ValueError("offsets must be non-decreasing and within the buffer")
@@ -333,7 +405,7 @@ cdef class DoubleArray:
                     sp += 1
         finally:
             free(stack)
-        free(self.nextfree)
+        kx_free(self.nextfree, (self.cap + 1) * sizeof(int64_t))
         self.nextfree = NULL
         return self
 
@@ -850,11 +922,11 @@ cdef int _radix_sort_pairs(uint64_t* keys, int64_t* vals, int64_t n) noexcept no
     cdef int shift, b, nonzero
     if n < 2:
         return 0
-    k2 = <uint64_t*>malloc(n * sizeof(uint64_t))
-    v2 = <int64_t*>malloc(n * sizeof(int64_t))
+    k2 = <uint64_t*>kx_alloc(n * sizeof(uint64_t))
+    v2 = <int64_t*>kx_alloc(n * sizeof(int64_t))
     if k2 == NULL or v2 == NULL:
-        free(k2)
-        free(v2)
+        kx_free(k2, n * sizeof(uint64_t))
+        kx_free(v2, n * sizeof(int64_t))
         return -1
     tk, tv = keys, vals
     for shift in range(0, 64, 8):
@@ -883,11 +955,11 @@ cdef int _radix_sort_pairs(uint64_t* keys, int64_t* vals, int64_t n) noexcept no
         for i in range(n):
             keys[i] = tk[i]
             vals[i] = tv[i]
-        free(tk)
-        free(tv)
+        kx_free(tk, n * sizeof(uint64_t))
+        kx_free(tv, n * sizeof(int64_t))
     else:
-        free(k2)
-        free(v2)
+        kx_free(k2, n * sizeof(uint64_t))
+        kx_free(v2, n * sizeof(int64_t))
     return 0
 
 
@@ -944,9 +1016,8 @@ cdef int _sort_slots(WinSlot* a, int64_t n, int shift) noexcept nogil:
 
 
 cdef struct _Pairs:
-    # a growing malloc'd list of (key, count) pairs
-    uint64_t* keys
-    int64_t* counts
+    # a growing list of (key, count) pairs (kx_alloc'd)
+    WinSlot* items
     int64_t n
     int64_t cap
 
@@ -956,19 +1027,20 @@ cdef inline int _pairs_push(_Pairs* p, uint64_t key, int64_t count) noexcept nog
     cdef int64_t cap
     if p.n == p.cap:
         cap = 2 * p.cap if p.cap > 0 else 1024
-        tmp = realloc(p.keys, cap * sizeof(uint64_t))
+        tmp = kx_resize(p.items, p.cap * sizeof(WinSlot), cap * sizeof(WinSlot))
         if tmp == NULL:
             return -1
-        p.keys = <uint64_t*>tmp
-        tmp = realloc(p.counts, cap * sizeof(int64_t))
-        if tmp == NULL:
-            return -1
-        p.counts = <int64_t*>tmp
+        p.items = <WinSlot*>tmp
         p.cap = cap
-    p.keys[p.n] = key
-    p.counts[p.n] = count
+    p.items[p.n].key = key
+    p.items[p.n].count = count
     p.n += 1
     return 0
+
+
+cdef inline void _pairs_free(_Pairs* p) noexcept nogil:
+    kx_free(p.items, p.cap * sizeof(WinSlot))
+    p.items, p.n, p.cap = NULL, 0, 0
 
 
 cdef struct _Scan:
@@ -1674,10 +1746,9 @@ cdef class NgramTable:
                     rc = _emit_small(&out, small)
             if rc < 0:
                 raise MemoryError("pruned n-gram counts")
-            return _pairs_to_numpy(out.keys, out.counts, out.n)
+            return _pairs_to_numpy(&out, False)
         finally:
-            free(out.keys)
-            free(out.counts)
+            _pairs_free(&out)
             self.clear()
 
     def clear(self):
@@ -1688,18 +1759,27 @@ cdef class NgramTable:
         self._alloc(1024)
 
 
-cdef tuple _pairs_to_numpy(uint64_t* ok, int64_t* oc, int64_t m):
+cdef tuple _pairs_to_numpy(const _Pairs* p, bint sort):
+    """``(keys, counts)`` arrays of the pairs (sorted by key with ``sort``)."""
     import numpy as np
 
     cdef uint64_t[::1] kv
     cdef int64_t[::1] cv
+    cdef int64_t i, m = p.n
+    cdef int rc = 0
     keys = np.empty(m, np.uint64)
     counts = np.empty(m, np.int64)
     kv = keys
     cv = counts
     if m > 0:
-        memcpy(&kv[0], ok, m * sizeof(uint64_t))
-        memcpy(&cv[0], oc, m * sizeof(int64_t))
+        with nogil:
+            for i in range(m):
+                kv[i] = p.items[i].key
+                cv[i] = p.items[i].count
+            if sort:
+                rc = _radix_sort_pairs(&kv[0], &cv[0], m)
+    if rc < 0:
+        raise MemoryError("sort")
     return keys, counts
 
 
@@ -1750,15 +1830,12 @@ def prune_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, int64_t
             rc = _prune_scan(w, n, min_count, &out, small)
             if rc == 0:
                 rc = _emit_small(&out, small)
-            if rc == 0:
-                rc = _radix_sort_pairs(out.keys, out.counts, out.n)
         if rc < 0:
             raise MemoryError("pruned n-gram counts")
-        return _pairs_to_numpy(out.keys, out.counts, out.n)
+        return _pairs_to_numpy(&out, True)
     finally:
         free(w)
-        free(out.keys)
-        free(out.counts)
+        _pairs_free(&out)
 
 
 def expand_windows(const uint64_t[::1] wkeys, const int64_t[::1] wcounts, uint64_t[::1] out_keys,
@@ -1838,7 +1915,9 @@ cdef class PieceCounter:
     """Counts of byte strings in an open-addressing hash table with the strings in one arena.
 
     Used by pass 2 of training instead of a ``dict`` so that counting runs without the GIL and makes no
-    Python object per piece occurrence. :meth:`to_dict` converts at the end.
+    Python object per piece occurrence. :meth:`to_dict` converts at the end. Merges *into* a counter take
+    its lock, so threads may flush their small counters into one shared total
+    (``BNLMCore.count_texts(..., total=...)``).
     """
 
     cdef PieceSlot* slots
@@ -1847,12 +1926,18 @@ cdef class PieceCounter:
     cdef uint8_t* arena
     cdef int64_t arena_len
     cdef int64_t arena_cap
+    cdef PyThread_type_lock lock
 
     def __cinit__(self):
         self.slots = NULL
         self.arena = NULL
-        self.slots = <PieceSlot*>malloc(1024 * sizeof(PieceSlot))
-        self.arena = <uint8_t*>malloc(1 << 16)
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError("piece counter lock")
+        self.cap = 0
+        self.arena_cap = 0
+        self.slots = <PieceSlot*>kx_alloc(1024 * sizeof(PieceSlot))
+        self.arena = <uint8_t*>kx_alloc(1 << 16)
         if self.slots == NULL or self.arena == NULL:
             raise MemoryError("piece counter")
         self.cap = 1024
@@ -1862,12 +1947,36 @@ cdef class PieceCounter:
         memset(self.slots, 0xFF, 1024 * sizeof(PieceSlot))
 
     def __dealloc__(self):
-        free(self.slots)
-        free(self.arena)
+        kx_free(self.slots, self.cap * sizeof(PieceSlot) if self.slots != NULL else 0)
+        kx_free(self.arena, self.arena_cap if self.arena != NULL else 0)
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    cdef int _merge_from(self, PieceCounter other) noexcept nogil:
+        """Add every count of ``other`` into this counter, holding this counter's lock."""
+        cdef int64_t i
+        cdef int rc = 0
+        PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        for i in range(other.cap):
+            if other.slots[i].off >= 0:
+                if i + _AHEAD_PIECES < other.cap and other.slots[i + _AHEAD_PIECES].off >= 0:
+                    self._prefetch(other.slots[i + _AHEAD_PIECES].hash)
+                rc = self._add_hashed(other.arena + other.slots[i].off, other.slots[i].length,
+                                      other.slots[i].hash, other.slots[i].count)
+                if rc < 0:
+                    break
+        PyThread_release_lock(self.lock)
+        return rc
+
+    cdef void _reset(self) noexcept nogil:
+        """Drop every count, keeping the memory (for a counter that is flushed and reused)."""
+        memset(self.slots, 0xFF, self.cap * sizeof(PieceSlot))
+        self.size = 0
+        self.arena_len = 0
 
     cdef int _grow(self) noexcept nogil:
         cdef int64_t new_cap = 2 * self.cap, i, h, mask = new_cap - 1
-        cdef PieceSlot* new = <PieceSlot*>malloc(new_cap * sizeof(PieceSlot))
+        cdef PieceSlot* new = <PieceSlot*>kx_alloc(new_cap * sizeof(PieceSlot))
         if new == NULL:
             return -1
         memset(new, 0xFF, new_cap * sizeof(PieceSlot))
@@ -1877,7 +1986,7 @@ cdef class PieceCounter:
                 while new[h].off >= 0:
                     h = (h + 1) & mask
                 new[h] = self.slots[i]
-        free(self.slots)
+        kx_free(self.slots, self.cap * sizeof(PieceSlot))
         self.slots = new
         self.cap = new_cap
         return 0
@@ -1891,7 +2000,7 @@ cdef class PieceCounter:
     cdef int _add_hashed(self, const uint8_t* p, int64_t n, uint64_t hv, int64_t c) noexcept nogil:
         # for a given length <= 8 the hash is a bijection of the bytes (xor, odd multiplication and
         # xor-shift are invertible), so an equal hash is an equal piece: no look in the arena
-        cdef int64_t h, mask, need
+        cdef int64_t h, mask, need, new_arena
         cdef void* tmp
         if 10 * (self.size + 1) > 7 * self.cap:
             if self._grow() < 0:
@@ -1906,12 +2015,14 @@ cdef class PieceCounter:
             h = (h + 1) & mask
         need = self.arena_len + n
         if need > self.arena_cap:
-            while need > self.arena_cap:
-                self.arena_cap *= 2
-            tmp = realloc(self.arena, self.arena_cap)
+            new_arena = self.arena_cap
+            while need > new_arena:
+                new_arena *= 2
+            tmp = kx_resize(self.arena, self.arena_cap, new_arena)
             if tmp == NULL:
                 return -1
             self.arena = <uint8_t*>tmp
+            self.arena_cap = new_arena
         memcpy(self.arena + self.arena_len, p, n)
         self.slots[h].hash = hv
         self.slots[h].off = self.arena_len
@@ -1943,30 +2054,24 @@ cdef class PieceCounter:
 
     def merge(self, PieceCounter other not None):
         """Add every count of ``other`` (another thread's counter)."""
-        cdef int64_t i
         cdef int rc = 0
         if other is self:
             raise ValueError("cannot merge a counter into itself")
         with nogil:
-            for i in range(other.cap):
-                if other.slots[i].off >= 0:
-                    rc = self._add(other.arena + other.slots[i].off, other.slots[i].length,
-                                   other.slots[i].count)
-                    if rc < 0:
-                        break
+            rc = self._merge_from(other)
         if rc < 0:
             raise MemoryError("piece counter")
 
     def clear(self):
         """Drop every count and release the memory (down to the initial size)."""
-        cdef PieceSlot* slots = <PieceSlot*>malloc(1024 * sizeof(PieceSlot))
-        cdef uint8_t* arena = <uint8_t*>malloc(1 << 16)
+        cdef PieceSlot* slots = <PieceSlot*>kx_alloc(1024 * sizeof(PieceSlot))
+        cdef uint8_t* arena = <uint8_t*>kx_alloc(1 << 16)
         if slots == NULL or arena == NULL:
-            free(slots)
-            free(arena)
+            kx_free(slots, 1024 * sizeof(PieceSlot))
+            kx_free(arena, 1 << 16)
             raise MemoryError("piece counter")
-        free(self.slots)
-        free(self.arena)
+        kx_free(self.slots, self.cap * sizeof(PieceSlot))
+        kx_free(self.arena, self.arena_cap)
         self.slots, self.arena = slots, arena
         memset(self.slots, 0xFF, 1024 * sizeof(PieceSlot))
         self.cap, self.size, self.arena_len, self.arena_cap = 1024, 0, 0, 1 << 16
@@ -2200,8 +2305,8 @@ cdef class BNLMCore:
         trie = DoubleArray().build(buf[: ov[n]], offsets, idx)
         # every child slot base + c (c < 256) of a node lies below num_nodes + 256
         self.num_slots = trie.num_nodes + 256
-        self.nodes = <kx_lmnode*>malloc(self.num_slots * sizeof(kx_lmnode))
-        self.Ls = <double*>malloc(self.num_slots * sizeof(double))
+        self.nodes = <kx_lmnode*>kx_alloc(self.num_slots * sizeof(kx_lmnode))
+        self.Ls = <double*>kx_alloc(self.num_slots * sizeof(double))
         if self.nodes == NULL or self.Ls == NULL:
             raise MemoryError()
         for t in range(self.num_slots):
@@ -2219,8 +2324,8 @@ cdef class BNLMCore:
                 raise ValueError(f"the n-gram table must contain every single byte; {bytes([b])!r} is missing")
 
     def __dealloc__(self):
-        free(self.nodes)
-        free(self.Ls)
+        kx_free(self.nodes, self.num_slots * sizeof(kx_lmnode))
+        kx_free(self.Ls, self.num_slots * sizeof(double))
 
     def segment(self, bytes chunk):
         """The pieces of one chunk."""
@@ -2239,11 +2344,15 @@ cdef class BNLMCore:
         return counter
 
     def count_texts(self, list texts, PieceCounter counter not None, int64_t max_chars=_MAX_CHUNK_CHARS,
-                    int64_t max_newlines=_MAX_CHUNK_NEWLINES):
+                    int64_t max_newlines=_MAX_CHUNK_NEWLINES, PieceCounter total=None,
+                    int64_t flush_at=1 << 14):
         """Segment UTF-8 texts split into training chunks and add the pieces into ``counter``.
 
         Equal to :meth:`count_pieces` on the chunks of every text (:func:`split_training_chunks`); runs
-        without the GIL, so threads with their own counters share one core.
+        without the GIL, so threads with their own counters share one core. With ``total``, ``counter`` is
+        a small per-thread buffer: whenever it holds ``flush_at`` pieces it is merged into ``total`` (under
+        ``total``'s lock) and emptied, so threads share one large table instead of one each (what is left in
+        ``counter`` at the end is the caller's to merge). Counts are the same either way.
         """
         cdef const uint8_t** ptrs = NULL
         cdef int64_t* lens = NULL
@@ -2251,10 +2360,12 @@ cdef class BNLMCore:
         cdef int rc = 0
         if max_chars < 1 or max_newlines < 1:
             raise ValueError("max_chars and max_newlines must be >= 1")
+        if total is not None and (total is counter or flush_at < 1):
+            raise ValueError("total must be another counter and flush_at >= 1")
         _bytes_list(texts, "text", &ptrs, &lens)
         try:
             with nogil:
-                rc = self._count_many(ptrs, lens, m, counter, max_chars, max_newlines)
+                rc = self._count_many(ptrs, lens, m, counter, max_chars, max_newlines, total, flush_at)
         finally:
             free(ptrs)
             free(lens)
@@ -2262,7 +2373,8 @@ cdef class BNLMCore:
             raise MemoryError("piece counting")
 
     cdef int _count_many(self, const uint8_t** ptrs, const int64_t* lens, Py_ssize_t m, PieceCounter counter,
-                         int64_t max_chars, int64_t max_newlines) noexcept nogil:
+                         int64_t max_chars, int64_t max_newlines, PieceCounter total=None,
+                         int64_t flush_at=0) noexcept nogil:
         cdef int order = self.order
         cdef double buf[32]
         cdef int8_t* routes = NULL
@@ -2310,6 +2422,11 @@ cdef class BNLMCore:
                         break
                 if rc < 0:
                     break
+                if total is not None and counter.size >= flush_at:
+                    rc = total._merge_from(counter)
+                    counter._reset()
+                    if rc < 0:
+                        break
                 a = e
             if rc < 0:
                 break

@@ -186,9 +186,13 @@ def prune_piece_arrays(
         counts = np.concatenate([counts, np.ones(len(missing), np.int64)])
         lens = np.concatenate([lens, np.ones(len(missing), np.int64)])
     kept = (lens == 1) | ((lens <= max_piece_length) & (counts >= min_count))
-    ki, di = np.flatnonzero(kept).tolist(), np.flatnonzero(~kept)
-    kk, kc = [keys[i] for i in ki], counts[ki]
-    dk = [keys[i] for i in di.tolist()]
+    ki, di = np.flatnonzero(kept), np.flatnonzero(~kept)
+    # select through an object array: no Python int per index (the dropped pieces are most of them)
+    objs = np.empty(len(keys), object)
+    objs[:] = keys
+    kk, kc = objs[ki].tolist(), counts[ki]
+    dk = objs[di].tolist()
+    del objs
     dec = _Decoder(kk, core, threads)  # every later kept set is a subset of kk
     idx = np.arange(len(kk))
     kc = kc + dec.split(idx, kc, dk, counts[di])

@@ -25,6 +25,7 @@ extension is not built.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -482,10 +483,12 @@ def prune_windows(wkeys: np.ndarray, wcounts: np.ndarray, min_count: int) -> tup
 
 
 class PieceCounter:
-    """Counts of byte strings (reference of the compiled hash table: a dict)."""
+    """Counts of byte strings (reference of the compiled hash table: a dict). Merges into a counter hold
+    its lock, as the compiled one's do."""
 
     def __init__(self) -> None:
         self._c: dict[bytes, int] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._c)
@@ -506,7 +509,8 @@ class PieceCounter:
     def merge(self, other: PieceCounter) -> None:
         if other is self:
             raise ValueError("cannot merge a counter into itself")
-        self.add_dict(other._c)
+        with self._lock:
+            self.add_dict(other._c)
 
     def clear(self) -> None:
         self._c = {}
@@ -637,16 +641,23 @@ class BNLMCore:
         counter: PieceCounter,
         max_chars: int = MAX_CHUNK_CHARS,
         max_newlines: int = MAX_CHUNK_NEWLINES,
+        total: PieceCounter | None = None,
+        flush_at: int = 1 << 14,
     ) -> None:
         if not isinstance(counter, PieceCounter):
             raise TypeError(f"counter must be a PieceCounter, got {type(counter).__name__}")
         if max_chars < 1 or max_newlines < 1:
             raise ValueError("max_chars and max_newlines must be >= 1")
+        if total is not None and (total is counter or flush_at < 1):
+            raise ValueError("total must be another counter and flush_at >= 1")
         _check_bytes_list(texts, "text")
         for x in texts:
             for a, b in split_training_chunks(x, max_chars, max_newlines):
                 for p in self.segment(x[a:b]):
                     counter.add(p)
+                if total is not None and len(counter) >= flush_at:
+                    total.merge(counter)
+                    counter.clear()
 
     def count_pieces(self, chunks: list[bytes], counter: dict[bytes, int] | None = None) -> dict[bytes, int]:
         if counter is None:

@@ -62,6 +62,9 @@ __all__ = [
 
 BACKENDS = ("local", "ray")
 _IN_FLIGHT = 3  # shards a local worker may run ahead of the slowest one
+_FLUSH_PIECES = (
+    1 << 14
+)  # pieces a pass-2 thread counts on its own before it flushes them into the shared table
 
 # --- map and reduce functions (module level: picklable for processes and Ray) ----------------
 
@@ -449,23 +452,26 @@ class Trainer:
         progress: bool,
         total: int | None,
     ) -> Any:
-        """Pass 2 on threads sharing one LM core, one piece table each, merged into the first."""
+        """Pass 2 on threads sharing one LM core and one piece table: each thread counts into a small table
+        of its own (``_FLUSH_PIECES`` pieces, cache-sized) that it flushes into the shared one when full, so
+        the pieces are held once, not once per thread."""
         seg = mod.BNLMCore(lm.keys, lm.L, lm.order, self.ensure_unicode)
-        counters = [mod.PieceCounter() for _ in range(workers)]
+        counter = mod.PieceCounter()
+        if workers == 1:
+            work = lambda k, texts: seg.count_texts(texts, counter)
+            buffers = []
+        else:
+            buffers = [mod.PieceCounter() for _ in range(workers)]
+            work = lambda k, texts: seg.count_texts(
+                texts[k::workers], buffers[k], total=counter, flush_at=_FLUSH_PIECES
+            )
         self._local_pass(
-            corpus,
-            shard_chars,
-            progress,
-            "count pieces",
-            total,
-            self.isolate_digits,
-            lambda k, texts: seg.count_texts(texts[k::workers], counters[k]),
-            workers,
+            corpus, shard_chars, progress, "count pieces", total, self.isolate_digits, work, workers
         )
-        for other in counters[1:]:
-            counters[0].merge(other)
-            other.clear()
-        return counters[0]
+        for b in buffers:
+            counter.merge(b)
+            b.clear()
+        return counter
 
     @staticmethod
     def _local_pass(
