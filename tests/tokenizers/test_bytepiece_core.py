@@ -621,3 +621,40 @@ def test_piece_buffers_flushed_into_a_shared_total_count_the_same(items, order, 
         assert total.to_dict() == plain.to_dict()
         with pytest.raises(ValueError, match="total"):
             seg.count_texts(datas, total, total=total)
+
+
+@FAST
+@given(
+    pieces=st.dictionaries(st.binary(min_size=1, max_size=12), st.integers(1, 50), max_size=40),
+    words=st.lists(texts, max_size=12),
+)
+def test_packed_pieces_and_span_splits_equal_the_object_forms(pieces, words):
+    # pruning reads the piece counts as one buffer + offsets and splits spans of it, not bytes objects
+    for mod in (core, ref):
+        c = mod.PieceCounter()
+        c.add_dict(pieces)
+        buf, offsets, counts = c.packed()
+        keys, kcounts = c.items()
+        assert offsets[0] == 0 and len(offsets) == len(keys) + 1 and offsets[-1] == len(buf)
+        assert [buf[a:b] for a, b in zip(offsets[:-1], offsets[1:])] == keys
+        assert np.array_equal(counts, kcounts)
+    vocab, logp = make_vocab([(w, 3) for w in {w for w in words if 1 < len(w) <= 6}])
+    data = b"".join(words)
+    lens = np.array([len(w) for w in words], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if words else np.zeros(0, np.int64)
+    weights = np.arange(1, len(words) + 1, dtype=np.int64)
+    results = []
+    for mod in (core, ref):
+        dec = mod.UnigramCore(vocab, logp)
+        a, b = np.zeros(len(vocab), np.int64), np.zeros(len(vocab), np.int64)
+        dec.split_counts(list(words), weights, a)
+        dec.split_spans(data, starts, lens, weights, b)
+        assert np.array_equal(a, b)
+        results.append(b)
+        with pytest.raises(ValueError, match="outside the buffer"):
+            dec.split_spans(
+                data, np.array([len(data)], np.int64), np.ones(1, np.int64), np.ones(1, np.int64), b
+            )
+        with pytest.raises(ValueError, match="same length"):
+            dec.split_spans(data, starts, lens, np.ones(len(words) + 1, np.int64), b)
+    assert np.array_equal(results[0], results[1])

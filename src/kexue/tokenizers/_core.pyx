@@ -825,6 +825,35 @@ cdef class UnigramCore:
             free(ptrs)
             free(lens)
 
+    def split_spans(self, const uint8_t[::1] buf, const int64_t[::1] starts, const int64_t[::1] lens,
+                    const int64_t[::1] weights, int64_t[::1] out):
+        """:meth:`split_counts` of the strings ``buf[starts[i]:starts[i] + lens[i]]`` (no ``bytes`` objects)."""
+        cdef Py_ssize_t m = starts.shape[0], i
+        cdef int64_t maxn = 0, cnt, j, nb = buf.shape[0]
+        cdef _Work w = _Work()
+        cdef Rng rng
+        cdef const uint8_t* base
+        if lens.shape[0] != m or weights.shape[0] != m:
+            raise ValueError(f"starts, lens and weights must have the same length ({m}, {lens.shape[0]}, "
+                             f"{weights.shape[0]})")
+        if out.shape[0] != self.num_pieces:
+            raise ValueError(f"out must have {self.num_pieces} entries, got {out.shape[0]}")
+        for i in range(m):
+            if starts[i] < 0 or lens[i] < 0 or starts[i] + lens[i] > nb:
+                raise ValueError(f"span {i} ({starts[i]}, {lens[i]}) is outside the buffer of {nb} bytes")
+            if lens[i] > maxn:
+                maxn = lens[i]
+        if m == 0:
+            return
+        w.reserve(maxn, self.trie.max_depth)
+        _rng_seed(&rng, 0, 0)
+        base = &buf[0] if nb > 0 else NULL
+        with nogil:
+            for i in range(m):
+                cnt = _encode(&self.lat, base + starts[i], lens[i], False, False, 0.0, &rng, &w.b, w.out)
+                for j in range(cnt):
+                    out[w.out[j]] += weights[i]
+
     def log_partition(self, bytes data, double alpha):
         """``log Z_alpha(data)`` of the unchunked lattice (sum over all segmentations of exp(alpha*S))."""
         cdef const uint8_t* x = <const uint8_t*>PyBytes_AS_STRING(data)
@@ -2075,6 +2104,31 @@ cdef class PieceCounter:
         self.slots, self.arena = slots, arena
         memset(self.slots, 0xFF, 1024 * sizeof(PieceSlot))
         self.cap, self.size, self.arena_len, self.arena_cap = 1024, 0, 0, 1 << 16
+
+    def packed(self):
+        """``(buf, offsets, counts)``: the pieces in table order as one ``bytes`` (piece ``i`` is
+        ``buf[offsets[i]:offsets[i + 1]]``) and two ``int64`` arrays; no Python object per piece."""
+        import numpy as np
+
+        cdef int64_t i, j = 0, pos = 0
+        cdef int64_t[::1] ov
+        cdef int64_t[::1] cv
+        cdef bytes buf = PyBytes_FromStringAndSize(NULL, self.arena_len)
+        cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(buf)
+        offsets = np.empty(self.size + 1, np.int64)
+        counts = np.empty(self.size, np.int64)
+        ov = offsets
+        cv = counts
+        with nogil:
+            ov[0] = 0
+            for i in range(self.cap):
+                if self.slots[i].off >= 0:
+                    memcpy(out + pos, self.arena + self.slots[i].off, self.slots[i].length)
+                    pos += self.slots[i].length
+                    cv[j] = self.slots[i].count
+                    j += 1
+                    ov[j] = pos
+        return buf, offsets, counts
 
     def items(self):
         """``(pieces, counts)``: a list of ``bytes`` and an ``int64`` array, in table order."""

@@ -79,21 +79,35 @@ class _Decoder:
         self.threads = threads
 
     def split(
-        self, idx: np.ndarray, counts: np.ndarray, words: list[bytes], weights: np.ndarray
+        self,
+        idx: np.ndarray,
+        counts: np.ndarray,
+        words: list[bytes] | tuple[bytes, np.ndarray, np.ndarray],
+        weights: np.ndarray,
     ) -> np.ndarray:
-        """Like :func:`_split_counts` with the kept pieces ``keys[idx]`` (counts ``counts``): per kept piece."""
+        """Like :func:`_split_counts` with the kept pieces ``keys[idx]`` (counts ``counts``): per kept piece.
+
+        ``words``: a list of ``bytes``, or spans ``(buf, starts, lens)`` of one buffer.
+        """
         total = int(counts.sum())
         logp = np.full(len(self.keys), -np.inf)
         logp[idx] = np.log(counts.astype(np.float64)) - np.log(total)
         self.dec.set_logp(np.ascontiguousarray(logp))
         weights = np.ascontiguousarray(weights, dtype=np.int64)
-        threads = max(1, min(self.threads, len(words) // 1000 + 1))
-        bounds = np.linspace(0, len(words), threads + 1).astype(int).tolist()
+        spans = isinstance(words, tuple)
+        m = len(words[1]) if spans else len(words)
+        threads = max(1, min(self.threads, m // 1000 + 1))
+        bounds = np.linspace(0, m, threads + 1).astype(int).tolist()
 
         def run(k: int) -> np.ndarray:
             part = np.zeros(len(self.keys), np.int64)
             lo, hi = bounds[k], bounds[k + 1]
-            self.dec.split_counts(words[lo:hi], np.ascontiguousarray(weights[lo:hi]), part)
+            w = np.ascontiguousarray(weights[lo:hi])
+            if spans:
+                buf, starts, lens = words
+                self.dec.split_spans(buf, starts[lo:hi], lens[lo:hi], w, part)
+            else:
+                self.dec.split_counts(words[lo:hi], w, part)
             return part
 
         if threads == 1:
@@ -178,24 +192,44 @@ def prune_piece_arrays(
     threads: int = 1,
 ) -> list[dict[bytes, int]]:
     """:func:`prune_pieces` of unique ``keys`` with ``counts`` (``int64``)."""
-    lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-    have = {keys[i] for i in np.flatnonzero(lens == 1).tolist()}
-    missing = [bytes([b]) for b in range(256) if bytes([b]) not in have]
-    if missing:
-        keys = keys + missing
+    offsets = np.zeros(len(keys) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, keys), np.int64, count=len(keys)), out=offsets[1:])
+    return prune_packed(
+        b"".join(keys), offsets, counts, max_vocab_sizes, min_count, max_piece_length, core, threads
+    )
+
+
+def prune_packed(
+    buf: bytes,
+    offsets: np.ndarray,
+    counts: np.ndarray,
+    max_vocab_sizes: list[int],
+    min_count: int,
+    max_piece_length: int,
+    core: ModuleType,
+    threads: int = 1,
+) -> list[dict[bytes, int]]:
+    """:func:`prune_pieces` of unique pieces packed in one buffer (piece ``i`` is
+    ``buf[offsets[i]:offsets[i + 1]]``, as ``PieceCounter.packed`` gives them). The dropped pieces, most
+    of them, are split straight from the buffer: no Python object per piece."""
+    offsets = np.asarray(offsets, np.int64)
+    counts = np.asarray(counts, np.int64)
+    lens = np.diff(offsets)
+    data = np.frombuffer(buf, np.uint8)
+    present = np.zeros(256, bool)
+    present[data[offsets[:-1][lens == 1]]] = True
+    missing = np.flatnonzero(~present)
+    if len(missing):
+        buf = buf + bytes(missing.tolist())
+        offsets = np.concatenate([offsets, offsets[-1] + 1 + np.arange(len(missing), dtype=np.int64)])
         counts = np.concatenate([counts, np.ones(len(missing), np.int64)])
         lens = np.concatenate([lens, np.ones(len(missing), np.int64)])
     kept = (lens == 1) | ((lens <= max_piece_length) & (counts >= min_count))
     ki, di = np.flatnonzero(kept), np.flatnonzero(~kept)
-    # select through an object array: no Python int per index (the dropped pieces are most of them)
-    objs = np.empty(len(keys), object)
-    objs[:] = keys
-    kk, kc = objs[ki].tolist(), counts[ki]
-    dk = objs[di].tolist()
-    del objs
+    kk, kc = [buf[a:b] for a, b in zip(offsets[ki].tolist(), offsets[ki + 1].tolist())], counts[ki]
     dec = _Decoder(kk, core, threads)  # every later kept set is a subset of kk
     idx = np.arange(len(kk))
-    kc = kc + dec.split(idx, kc, dk, counts[di])
+    kc = kc + dec.split(idx, kc, (buf, offsets[di], lens[di]), counts[di])
     idx, kc = dec.remove_redundant(idx, kc)
     finals = []
     for size in sorted(max_vocab_sizes, reverse=True):

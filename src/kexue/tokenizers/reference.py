@@ -288,6 +288,21 @@ class UnigramCore:
             for i in self._lattice(k, False, 0.0, rng):
                 out[i] += w
 
+    def split_spans(
+        self, buf: bytes, starts: np.ndarray, lens: np.ndarray, weights: np.ndarray, out: np.ndarray
+    ) -> None:
+        if not len(starts) == len(lens) == len(weights):
+            raise ValueError(
+                f"starts, lens and weights must have the same length ({len(starts)}, {len(lens)}, "
+                f"{len(weights)})"
+            )
+        data = bytes(buf)
+        for i, (a, n) in enumerate(zip(np.asarray(starts).tolist(), np.asarray(lens).tolist())):
+            if a < 0 or n < 0 or a + n > len(data):
+                raise ValueError(f"span {i} ({a}, {n}) is outside the buffer of {len(data)} bytes")
+        words = [data[a : a + n] for a, n in zip(np.asarray(starts).tolist(), np.asarray(lens).tolist())]
+        self.split_counts(words, np.asarray(weights).tolist(), out)
+
     def log_partition(self, data: bytes, alpha: float) -> float:
         self._lattice(data, True, alpha, Rng(0, 0))
         return self._last_score if data else 0.0
@@ -520,6 +535,12 @@ class PieceCounter:
 
     def items(self) -> tuple[list[bytes], np.ndarray]:
         return list(self._c), np.fromiter(self._c.values(), np.int64, count=len(self._c))
+
+    def packed(self) -> tuple[bytes, np.ndarray, np.ndarray]:
+        keys, counts = self.items()
+        offsets = np.zeros(len(keys) + 1, np.int64)
+        np.cumsum([len(k) for k in keys], out=offsets[1:])
+        return b"".join(keys), offsets, counts
 
 
 def count_all_ngrams(chunks: list[bytes], order: int) -> dict[bytes, int]:

@@ -48,7 +48,7 @@ import numpy as np
 from kexue.tokenizers._backend import core_name, resolve_core
 from kexue.tokenizers.corpus import check_reiterable, shards
 from kexue.tokenizers.ngrams import MAX_ORDER, NgramCounts, NgramLM, build_lm, merge_ngram_counts
-from kexue.tokenizers.pruning import prune_piece_arrays
+from kexue.tokenizers.pruning import prune_packed
 from kexue.tokenizers.text import training_chunks
 from kexue.tokenizers.tokenizer import Tokenizer
 
@@ -275,17 +275,18 @@ class Trainer:
         self.ensure_unicode = ensure_unicode
         self.core = core_name(resolve_core(core))
         self.lm: NgramLM | None = None
-        self._piece_arrays: tuple[list[bytes], np.ndarray] | None = None
+        self._pieces: tuple[bytes, np.ndarray, np.ndarray] | None = None  # PieceCounter.packed()
         self.vocabularies: list[dict[bytes, int]] = []
         self.stats: dict[str, float] = {}
 
     @property
     def piece_counts(self) -> dict[bytes, int] | None:
         """The piece counts of the last training's LM segmentation (before pruning), or ``None``."""
-        if self._piece_arrays is None:
+        if self._pieces is None:
             return None
-        keys, counts = self._piece_arrays
-        return dict(zip(keys, counts.tolist()))
+        buf, offsets, counts = self._pieces
+        bounds = offsets.tolist()
+        return {buf[a:b]: c for a, b, c in zip(bounds[:-1], bounds[1:], counts.tolist())}
 
     def options(self) -> dict[str, Any]:
         return {
@@ -422,14 +423,15 @@ class Trainer:
         else:
             counter = self._count_pieces_local(mod, lm, corpus, workers, shard_chars, progress, total)
         self.stats["seconds_segment"] = time.perf_counter() - t1
-        keys, counts = counter.items()
+        buf, offsets, counts = counter.packed()
         del counter
         mod.release_memory()
-        self._piece_arrays = (keys, counts)
-        self.stats["pieces_counted"] = len(keys)
+        self._pieces = (buf, offsets, counts)
+        self.stats["pieces_counted"] = len(counts)
         t2 = time.perf_counter()
-        self.vocabularies = prune_piece_arrays(
-            keys,
+        self.vocabularies = prune_packed(
+            buf,
+            offsets,
             counts,
             self.max_vocab_sizes,
             self.min_count,
