@@ -658,3 +658,22 @@ def test_packed_pieces_and_span_splits_equal_the_object_forms(pieces, words):
         with pytest.raises(ValueError, match="same length"):
             dec.split_spans(data, starts, lens, np.ones(len(words) + 1, np.int64), b)
     assert np.array_equal(results[0], results[1])
+
+
+def test_sampler_on_long_chunks_with_many_segmentations_matches_reference_and_log_z():
+    # a run of 'a' with pieces a / aa / aaa has tribonacci-many segmentations (about 1.84**n): the sampler's
+    # running multiplier passes 1e30 and is folded into the log score many times over; the draws must
+    # still equal the reference's and log Z the exact count's logarithm (alpha = 0: all paths weigh 1)
+    vocab, logp = make_vocab([(b"aa", 7), (b"aaa", 5)])
+    c, r = core.UnigramCore(vocab, logp), ref.UnigramCore(vocab, logp)
+    n = 1500  # 1.84**1500 > 1e397: a multiplier that is never folded would overflow
+    x = b"a" * n
+    trib = [1, 1, 2]
+    for _ in range(3, n + 1):
+        trib.append(trib[-1] + trib[-2] + trib[-3])
+    assert c.log_partition(x, 0.0) == pytest.approx(math.log(trib[n]), rel=1e-12)
+    assert c.log_partition(x, 0.7) == r.log_partition(x, 0.7)
+    for seed in range(4):
+        for alpha in (0.0, 0.1, 1.0):
+            got = c.tokenize(x, False, True, alpha, seed)
+            assert got == r.tokenize(x, False, True, alpha, seed) and b"".join(got) == x

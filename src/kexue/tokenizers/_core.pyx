@@ -455,13 +455,16 @@ cdef struct Lattice:
 
 
 cdef int64_t _lattice(const Lattice* m, const uint8_t* x, int64_t n, bint sample, double alpha, Rng* rng,
-                      double* score, int64_t* back, int32_t* piece, int32_t* out, double* cc, int64_t* cp,
-                      int32_t* cv) noexcept nogil:
+                      double* score, double* mult, int64_t* back, int32_t* piece, int32_t* out, double* cc,
+                      int64_t* cp, int32_t* cv) noexcept nogil:
     """Decode (or sample) one chunk ``x[0:n]``; write piece indices to ``out``; return their number.
 
-    Sampling draws ``back[e] = s`` with probability ``exp(Z[s] + alpha*l - Z[e])`` -- the law of the weighted
-    reservoir of post 9811 -- by one inverse-CDF draw over the candidates of ``e`` (one uniform and one log
-    per position instead of one uniform, one logaddexp and one exp per edge).
+    Sampling draws ``back[e] = s`` with probability ``Z[s] exp(alpha*l) / Z[e]`` -- the law of the weighted
+    reservoir of post 9811 -- by one inverse-CDF draw over the candidates of ``e``. ``Z[e]`` is held as
+    ``exp(score[e]) * mult[e]``: ``score[e]`` the largest log-weight ``r = score[s] + alpha*l`` of a
+    candidate and ``mult[e] >= 1`` the sum of ``mult[s] * exp(r - score[e])``, folded into ``score`` (one
+    log) only when it passes 1e30. So a position costs one uniform and one exp per candidate other than
+    the largest, and no log (instead of one uniform, one logaddexp and one exp per edge).
     """
     cdef int64_t e, p, cnt, i, k, j
     cdef int32_t node, t, v, tmp
@@ -469,6 +472,7 @@ cdef int64_t _lattice(const Lattice* m, const uint8_t* x, int64_t n, bint sample
     cdef int64_t bs
     cdef int32_t bp
     score[0] = 0.0
+    mult[0] = 1.0
     for e in range(1, n + 1):
         node = 0
         p = e - 1
@@ -502,13 +506,15 @@ cdef int64_t _lattice(const Lattice* m, const uint8_t* x, int64_t n, bint sample
         if sample:
             if k == 1:
                 best = cc[0]
+                w = mult[cp[0]]
                 j = 0
             else:
                 w = 0.0
                 for j in range(k):
-                    cc[j] = exp(cc[j] - cmax)
+                    # exp(0) is exactly 1: the largest candidate (about one in k) needs no exp
+                    cc[j] = mult[cp[j]] * (1.0 if cc[j] == cmax else exp(cc[j] - cmax))
                     w += cc[j]
-                best = cmax + log(w)
+                best = cmax
                 u = _rng_uniform(rng) * w
                 j = 0
                 acc = cc[0]
@@ -519,6 +525,10 @@ cdef int64_t _lattice(const Lattice* m, const uint8_t* x, int64_t n, bint sample
                     j -= 1
             bs = cp[j]
             bp = cv[j]
+            if w > 1e30:
+                best = best + log(w)
+                w = 1.0
+            mult[e] = w
         score[e] = best
         back[e] = bs
         piece[e] = bp
@@ -537,6 +547,7 @@ cdef int64_t _lattice(const Lattice* m, const uint8_t* x, int64_t n, bint sample
 
 cdef struct _Buffers:
     double* score
+    double* mult
     int64_t* back
     int32_t* piece
     double* cc
@@ -557,8 +568,8 @@ cdef int64_t _encode(const Lattice* m, const uint8_t* x, int64_t n, bint chunked
                 b += 1
         else:
             b = n
-        nout += _lattice(m, x + a, b - a, sample, alpha, rng, w.score, w.back, w.piece, out + nout, w.cc, w.cp,
-                         w.cv)
+        nout += _lattice(m, x + a, b - a, sample, alpha, rng, w.score, w.mult, w.back, w.piece, out + nout, w.cc,
+                         w.cp, w.cv)
         a = b
     return nout
 
@@ -579,6 +590,7 @@ cdef class _Work:
 
     def __dealloc__(self):
         free(self.b.score)
+        free(self.b.mult)
         free(self.b.back)
         free(self.b.piece)
         free(self.b.cc)
@@ -589,6 +601,7 @@ cdef class _Work:
     cdef int reserve(self, int64_t n, int64_t depth) except -1:
         if n > self.cap:
             self.b.score = <double*>_xrealloc(self.b.score, (n + 1) * sizeof(double))
+            self.b.mult = <double*>_xrealloc(self.b.mult, (n + 1) * sizeof(double))
             self.b.back = <int64_t*>_xrealloc(self.b.back, (n + 1) * sizeof(int64_t))
             self.b.piece = <int32_t*>_xrealloc(self.b.piece, (n + 1) * sizeof(int32_t))
             self.out = <int32_t*>_xrealloc(self.out, (n + 1) * sizeof(int32_t))
@@ -863,7 +876,7 @@ cdef class UnigramCore:
         w.reserve(n, self.trie.max_depth)
         _rng_seed(&rng, 0, 0)
         _encode(&self.lat, x, n, False, True, alpha, &rng, &w.b, w.out)
-        return w.b.score[n] if n > 0 else 0.0
+        return w.b.score[n] + log(w.b.mult[n]) if n > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------

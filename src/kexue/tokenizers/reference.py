@@ -172,6 +172,7 @@ class UnigramCore:
     def _lattice(self, x: bytes, sample: bool, alpha: float, rng: Rng) -> list[int]:
         n = len(x)
         score = [0.0] * (n + 1)
+        mult = [1.0] * (n + 1)  # sampling: Z[e] = exp(score[e]) * mult[e] (see the compiled core)
         back = [0] * (n + 1)
         piece = [0] * (n + 1)
         index, logp, maxlen = self._index, self._logp, self.max_piece_length
@@ -192,13 +193,14 @@ class UnigramCore:
             if sample:
                 if len(cands) == 1:
                     best, bs, bp = cands[0]
+                    w = mult[bs]
                 else:
                     cmax = max(c for c, _, _ in cands)
-                    weights = [math.exp(c - cmax) for c, _, _ in cands]
+                    weights = [mult[p] * math.exp(c - cmax) for c, p, _ in cands]
                     w = 0.0
                     for wk in weights:
                         w += wk
-                    best = cmax + math.log(w)
+                    best = cmax
                     u = rng.uniform() * w
                     j, acc = 0, weights[0]
                     while acc <= u and j < len(cands) - 1:
@@ -207,6 +209,9 @@ class UnigramCore:
                     while weights[j] == 0.0 and j > 0:
                         j -= 1
                     _, bs, bp = cands[j]
+                if w > 1e30:
+                    best, w = best + math.log(w), 1.0
+                mult[e] = w
             score[e] = best
             back[e] = bs
             piece[e] = bp
@@ -215,7 +220,7 @@ class UnigramCore:
         while e > 0:
             out.append(piece[e])
             e = back[e]
-        self._last_score = score[n]
+        self._last_score = score[n] + math.log(mult[n]) if sample else score[n]
         return out[::-1]
 
     def _encode(self, data: bytes, chunked: bool, sample: bool, alpha: float, rng: Rng) -> list[int]:
