@@ -71,9 +71,6 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    #if defined(__linux__) && !defined(_GNU_SOURCE)
-    #define _GNU_SOURCE /* mremap */
-    #endif
     #if defined(__unix__) || defined(__APPLE__)
     #include <sys/mman.h>
     #include <unistd.h>
@@ -263,7 +260,7 @@ cdef class DoubleArray:
             new_cap *= 2
         if new_cap > 2147483000:
             raise MemoryError("double-array trie would exceed 2**31 slots")
-        # all four arrays or none (kx_resize keeps the old block when it fails)
+        # all four arrays or none: the new ones are allocated before the old ones are given up
         cdef int32_t* base = <int32_t*>kx_alloc(new_cap * sizeof(int32_t))
         cdef int32_t* check = <int32_t*>kx_alloc(new_cap * sizeof(int32_t))
         cdef int32_t* value = <int32_t*>kx_alloc(new_cap * sizeof(int32_t))
@@ -801,14 +798,21 @@ cdef class UnigramCore:
             free(counts)
             free(outs)
 
+    cdef inline void _split_one(self, const uint8_t* x, int64_t n, int64_t weight, _Buffers* b,
+                                int32_t* pieces, int64_t* out) noexcept nogil:
+        """Decode ``x[0:n]`` (no chunking, into ``pieces``) and add ``weight`` to ``out`` for every piece
+        used."""
+        cdef int64_t cnt = _encode(&self.lat, x, n, False, False, 0.0, NULL, b, pieces), j
+        for j in range(cnt):
+            out[pieces[j]] += weight
+
     def split_counts(self, list keys, const int64_t[::1] weights, int64_t[::1] out):
         """Segment each ``keys[i]`` (no chunking) and add ``weights[i]`` to ``out`` for every piece used."""
         cdef Py_ssize_t m = len(keys), i
-        cdef int64_t maxn = 0, n, cnt, j
+        cdef int64_t maxn = 0, n
         cdef const uint8_t** ptrs = NULL
         cdef int64_t* lens = NULL
         cdef _Work w = _Work()
-        cdef Rng rng
         if weights.shape[0] != m:
             raise ValueError(f"weights has {weights.shape[0]} entries but there are {m} keys")
         if out.shape[0] != self.num_pieces:
@@ -828,12 +832,9 @@ cdef class UnigramCore:
                 ptrs[i] = <const uint8_t*>PyBytes_AS_STRING(keys[i])
                 lens[i] = PyBytes_GET_SIZE(keys[i])
             w.reserve(maxn, self.trie.max_depth)
-            _rng_seed(&rng, 0, 0)
             with nogil:
                 for i in range(m):
-                    cnt = _encode(&self.lat, ptrs[i], lens[i], False, False, 0.0, &rng, &w.b, w.out)
-                    for j in range(cnt):
-                        out[w.out[j]] += weights[i]
+                    self._split_one(ptrs[i], lens[i], weights[i], &w.b, w.out, &out[0])
         finally:
             free(ptrs)
             free(lens)
@@ -842,9 +843,8 @@ cdef class UnigramCore:
                     const int64_t[::1] weights, int64_t[::1] out):
         """:meth:`split_counts` of the strings ``buf[starts[i]:starts[i] + lens[i]]`` (no ``bytes`` objects)."""
         cdef Py_ssize_t m = starts.shape[0], i
-        cdef int64_t maxn = 0, cnt, j, nb = buf.shape[0]
+        cdef int64_t maxn = 0, nb = buf.shape[0]
         cdef _Work w = _Work()
-        cdef Rng rng
         cdef const uint8_t* base
         if lens.shape[0] != m or weights.shape[0] != m:
             raise ValueError(f"starts, lens and weights must have the same length ({m}, {lens.shape[0]}, "
@@ -859,13 +859,10 @@ cdef class UnigramCore:
         if m == 0:
             return
         w.reserve(maxn, self.trie.max_depth)
-        _rng_seed(&rng, 0, 0)
         base = &buf[0] if nb > 0 else NULL
         with nogil:
             for i in range(m):
-                cnt = _encode(&self.lat, base + starts[i], lens[i], False, False, 0.0, &rng, &w.b, w.out)
-                for j in range(cnt):
-                    out[w.out[j]] += weights[i]
+                self._split_one(base + starts[i], lens[i], weights[i], &w.b, w.out, &out[0])
 
     def log_partition(self, bytes data, double alpha):
         """``log Z_alpha(data)`` of the unchunked lattice (sum over all segmentations of exp(alpha*S))."""
@@ -1010,27 +1007,40 @@ cdef struct WinSlot:
     int64_t count
 
 
-cdef int _sort_slots(WinSlot* a, int64_t n, int shift) noexcept nogil:
-    """Sort slots by key in place, without scratch memory: MSD radix sort ("American flag" sort) on the
-    byte at ``shift`` and below; small ranges by insertion sort. Always returns 0."""
+ctypedef fused _Sortable:
+    WinSlot   # sorted by its key
+    uint64_t  # a main-table word: sorted by its window bytes, the high bits
+
+
+cdef inline uint64_t _sort_key(_Sortable v) noexcept nogil:
+    if _Sortable is WinSlot:
+        return v.key
+    else:
+        return v
+
+
+cdef int _sort_inplace(_Sortable* a, int64_t n, int shift, int low) noexcept nogil:
+    """Sort by key in place, without scratch memory: MSD radix sort ("American flag" sort) on the byte at
+    ``shift``, then the bytes below it down to the one at ``low``; small ranges by insertion sort. Always
+    returns 0."""
     cdef int64_t count[256]
     cdef int64_t nxt[256]
     cdef int64_t end[256]
     cdef int64_t i, j, pos
     cdef int b, d
-    cdef WinSlot v, t
+    cdef _Sortable v, t
     if n < 32:
         for i in range(1, n):
             v = a[i]
             j = i - 1
-            while j >= 0 and a[j].key > v.key:
+            while j >= 0 and _sort_key(a[j]) > _sort_key(v):
                 a[j + 1] = a[j]
                 j -= 1
             a[j + 1] = v
         return 0
     memset(count, 0, sizeof(count))
     for i in range(n):
-        count[(a[i].key >> shift) & 0xFF] += 1
+        count[(_sort_key(a[i]) >> shift) & 0xFF] += 1
     pos = 0
     for b in range(256):
         nxt[b] = pos
@@ -1039,20 +1049,20 @@ cdef int _sort_slots(WinSlot* a, int64_t n, int shift) noexcept nogil:
     for b in range(256):
         while nxt[b] < end[b]:
             v = a[nxt[b]]
-            d = <int>((v.key >> shift) & 0xFF)
+            d = <int>((_sort_key(v) >> shift) & 0xFF)
             while d != b:
                 t = a[nxt[d]]
                 a[nxt[d]] = v
                 nxt[d] += 1
                 v = t
-                d = <int>((v.key >> shift) & 0xFF)
+                d = <int>((_sort_key(v) >> shift) & 0xFF)
             a[nxt[b]] = v
             nxt[b] += 1
-    if shift > 0:
+    if shift > low:
         pos = 0
         for b in range(256):
             if count[b] > 1:
-                _sort_slots(a + pos, count[b], shift - 8)
+                _sort_inplace(a + pos, count[b], shift - 8, low)
             pos += count[b]
     return 0
 
@@ -1291,6 +1301,17 @@ cdef inline int64_t _wd_home(int64_t cap, uint64_t body) noexcept nogil:
     return <int64_t>(_mix(body) & <uint64_t>(cap - 1))
 
 
+cdef int64_t _wd_compact(WordTable* t) noexcept nogil:
+    """As ``_wt_compact``: the used words moved to the front, the pages past them given back."""
+    cdef int64_t i, j = 0
+    for i in range(t.cap):  # without a branch: about half the slots are empty, at random
+        t.slots[j] = t.slots[i]
+        j += t.slots[i] != 0
+    kx_discard(&t.slots[j], t.mapped - j * sizeof(uint64_t))
+    t.cap = 0
+    return j
+
+
 cdef int _wd_grow(WordTable* t, uint64_t cmask) noexcept nogil:
     """Double the table, block by block as ``_wt_grow`` (the words are unique: no look-ups)."""
     cdef WordTable old = t[0]
@@ -1316,53 +1337,6 @@ cdef int _wd_grow(WordTable* t, uint64_t cmask) noexcept nogil:
         lo += block
     t.size = old.size
     kx_unmap(old.slots, old.mapped)
-    return 0
-
-
-cdef int _sort_words(uint64_t* a, int64_t n, int shift, int low) noexcept nogil:
-    """Sort words in place (MSD radix on the byte at ``shift``, down to the byte at ``low``; small ranges
-    by insertion sort), as ``_sort_slots``. Always returns 0."""
-    cdef int64_t count[256]
-    cdef int64_t nxt[256]
-    cdef int64_t end[256]
-    cdef int64_t i, j, pos
-    cdef int b, d
-    cdef uint64_t v, t
-    if n < 32:
-        for i in range(1, n):
-            v = a[i]
-            j = i - 1
-            while j >= 0 and a[j] > v:
-                a[j + 1] = a[j]
-                j -= 1
-            a[j + 1] = v
-        return 0
-    memset(count, 0, sizeof(count))
-    for i in range(n):
-        count[(a[i] >> shift) & 0xFF] += 1
-    pos = 0
-    for b in range(256):
-        nxt[b] = pos
-        pos += count[b]
-        end[b] = pos
-    for b in range(256):
-        while nxt[b] < end[b]:
-            v = a[nxt[b]]
-            d = <int>((v >> shift) & 0xFF)
-            while d != b:
-                t = a[nxt[d]]
-                a[nxt[d]] = v
-                nxt[d] += 1
-                v = t
-                d = <int>((v >> shift) & 0xFF)
-            a[nxt[b]] = v
-            nxt[b] += 1
-    if shift > low:
-        pos = 0
-        for b in range(256):
-            if count[b] > 1:
-                _sort_words(a + pos, count[b], shift - 8, low)
-            pos += count[b]
     return 0
 
 
@@ -1428,15 +1402,10 @@ cdef inline int _wc_add(WinCounts* w, uint64_t key, int64_t c) noexcept nogil:
 cdef int _wc_add_ones(WinCounts* w, const uint64_t* keys, int64_t n) noexcept nogil:
     """Count each of ``keys`` once, the main slot of the key ``_AHEAD_BATCH`` on prefetched."""
     cdef int64_t i
-    cdef uint64_t k
     for i in range(n):
         if i + _AHEAD_BATCH < n:
             KX_PREFETCH(&w.main.slots[_wd_home(w.main.cap, keys[i + _AHEAD_BATCH] & ~(<uint64_t>0xFF))])
-        k = keys[i]
-        if <int>(k & 0xFF) == w.L:
-            if _wc_main_add(w, k & ~(<uint64_t>0xFF), 1) < 0:
-                return -1
-        elif _wc_side_add(w, k, 1) < 0:
+        if _wc_add(w, keys[i], 1) < 0:
             return -1
     return 0
 
@@ -1489,7 +1458,6 @@ cdef class NgramTable:
     cdef int64_t fill
     cdef uint8_t* classes  # class of each first-two-bytes prefix, for classes_of parts (window_part)
     cdef int classes_of
-    cdef int64_t cap0
 
     def __cinit__(self, int64_t capacity=1 << 16, int order=0):
         cdef int64_t cap = 1024
@@ -1505,7 +1473,6 @@ cdef class NgramTable:
         self.w.side.mapped = 0
         while 7 * cap < 10 * capacity:
             cap *= 2
-        self.cap0 = cap
         self.order0 = order
         self._alloc(cap)
 
@@ -1758,16 +1725,11 @@ cdef class NgramTable:
         memset(&out, 0, sizeof(out))
         try:
             with nogil:
-                nm = 0
-                for i in range(m.cap):  # without a branch: about half the slots are empty, at random
-                    m.slots[nm] = m.slots[i]
-                    nm += m.slots[i] != 0
-                kx_discard(&m.slots[nm], m.mapped - nm * sizeof(uint64_t))
-                m.cap = 0
+                nm = _wd_compact(m)
                 ns = _wt_compact(t)
                 # words sort by their window bytes (unique), the count field below them is never reached
-                _sort_words(m.slots, nm, 56, 64 - 8 * self.w.L if self.w.L > 0 else 56)
-                _sort_slots(t.slots, ns, 56)
+                _sort_inplace(m.slots, nm, 56, 64 - 8 * self.w.L if self.w.L > 0 else 56)
+                _sort_inplace(t.slots, ns, 56, 0)
                 _scan_init(&scan, min_count, &out, small)
                 i = 0
                 while rc == 0 and (i < nm or j < ns):
@@ -1794,7 +1756,7 @@ cdef class NgramTable:
             self.clear()
 
     def clear(self):
-        """Drop every count and release the memory (down to the initial capacity)."""
+        """Drop every count and release the memory (down to 1024 slots)."""
         _wd_free(&self.w.main)
         _wt_free(&self.w.side)
         self.fill = 0

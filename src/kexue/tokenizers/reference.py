@@ -302,11 +302,11 @@ class UnigramCore:
                 f"{len(weights)})"
             )
         data = bytes(buf)
-        for i, (a, n) in enumerate(zip(np.asarray(starts).tolist(), np.asarray(lens).tolist())):
+        spans = list(zip(np.asarray(starts).tolist(), np.asarray(lens).tolist()))
+        for i, (a, n) in enumerate(spans):
             if a < 0 or n < 0 or a + n > len(data):
                 raise ValueError(f"span {i} ({a}, {n}) is outside the buffer of {len(data)} bytes")
-        words = [data[a : a + n] for a, n in zip(np.asarray(starts).tolist(), np.asarray(lens).tolist())]
-        self.split_counts(words, np.asarray(weights).tolist(), out)
+        self.split_counts([data[a : a + n] for a, n in spans], np.asarray(weights).tolist(), out)
 
     def log_partition(self, data: bytes, alpha: float) -> float:
         self._lattice(data, True, alpha, Rng(0, 0))

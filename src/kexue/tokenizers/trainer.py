@@ -67,9 +67,8 @@ __all__ = [
 
 BACKENDS = ("local", "ray")
 _IN_FLIGHT = 3  # shards a local worker may run ahead of the slowest one
-_FLUSH_PIECES = (
-    1 << 14
-)  # pieces a pass-2 thread counts on its own before it flushes them into the shared table
+# pieces a pass-2 thread counts on its own before it flushes them into the shared table
+_FLUSH_PIECES = 1 << 14
 
 # --- map and reduce functions (module level: picklable for processes and Ray) ----------------
 
